@@ -21,3 +21,8 @@ pub mod pb {
         tonic::include_proto!("tugboatraft");
     }
 }
+
+pub mod error;
+pub mod mvcc;
+
+pub use error::StoreError;
