@@ -26,3 +26,7 @@ pub mod error;
 pub mod mvcc;
 
 pub use error::StoreError;
+pub mod apply;
+pub mod lease;
+pub mod machine;
+pub mod validate;
