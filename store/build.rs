@@ -1,6 +1,11 @@
 //! Compiles the etcd v3 wire protos with protox (pure Rust; no system protoc).
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/kv.proto", "proto/auth.proto", "proto/rpc.proto", "proto/raftcmd.proto"];
+    let files = [
+        "proto/kv.proto",
+        "proto/auth.proto",
+        "proto/rpc.proto",
+        "proto/raftcmd.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }

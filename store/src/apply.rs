@@ -7,12 +7,14 @@ use crate::pb::etcdserverpb::{
     compare::{CompareResult, CompareTarget, TargetUnion},
     request_op::Request,
     response_op::Response,
-    Compare, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantRequest,
+    CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantRequest,
     LeaseGrantResponse, LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, ResponseHeader,
     ResponseOp, TxnRequest, TxnResponse,
 };
 use crate::pb::mvccpb::KeyValue;
-use crate::pb::raftcmd::{store_command::Cmd, store_result::Result as Res, CommandError, StoreCommand, StoreResult};
+use crate::pb::raftcmd::{
+    store_command::Cmd, store_result::Result as Res, CommandError, StoreCommand, StoreResult,
+};
 
 fn header(revision: i64) -> Option<ResponseHeader> {
     Some(ResponseHeader {
@@ -37,7 +39,9 @@ pub fn apply_command(b: &mut ApplyBatch<'_>, cmd: StoreCommand, min_lease_ttl: i
         Some(Cmd::LeaseRevoke(r)) => match b.revoke_lease(r.id) {
             Ok(true) => {
                 let rev = b.end_request();
-                Ok(Res::LeaseRevoke(LeaseRevokeResponse { header: header(rev) }))
+                Ok(Res::LeaseRevoke(LeaseRevokeResponse {
+                    header: header(rev),
+                }))
             }
             Ok(false) => Err(StoreError::LeaseNotFound),
             Err(e) => Err(e),
@@ -90,7 +94,10 @@ fn put(b: &mut ApplyBatch<'_>, p: PutRequest) -> Result<PutResponse, StoreError>
     })
 }
 
-fn delete_range(b: &mut ApplyBatch<'_>, d: DeleteRangeRequest) -> Result<DeleteRangeResponse, StoreError> {
+fn delete_range(
+    b: &mut ApplyBatch<'_>,
+    d: DeleteRangeRequest,
+) -> Result<DeleteRangeResponse, StoreError> {
     let prevs = b.delete_range(&KeyRange::from_etcd(&d.key, &d.range_end))?;
     Ok(DeleteRangeResponse {
         header: header(b.read_revision()),
@@ -99,7 +106,10 @@ fn delete_range(b: &mut ApplyBatch<'_>, d: DeleteRangeRequest) -> Result<DeleteR
     })
 }
 
-fn range(b: &ApplyBatch<'_>, r: &RangeRequest) -> Result<crate::pb::etcdserverpb::RangeResponse, StoreError> {
+fn range(
+    b: &ApplyBatch<'_>,
+    r: &RangeRequest,
+) -> Result<crate::pb::etcdserverpb::RangeResponse, StoreError> {
     let mut resp = b.range(r)?;
     resp.header = header(b.read_revision());
     Ok(resp)
@@ -132,7 +142,12 @@ fn decide_path(b: &ApplyBatch<'_>, t: &TxnRequest, path: &mut Vec<bool>) -> Resu
     Ok(())
 }
 
-fn check_path(b: &ApplyBatch<'_>, t: &TxnRequest, path: &[bool], at: &mut usize) -> Result<(), StoreError> {
+fn check_path(
+    b: &ApplyBatch<'_>,
+    t: &TxnRequest,
+    path: &[bool],
+    at: &mut usize,
+) -> Result<(), StoreError> {
     let ok = path.get(*at).copied().unwrap_or(false);
     *at += 1;
     for op in if ok { &t.success } else { &t.failure } {
@@ -160,7 +175,12 @@ fn check_path(b: &ApplyBatch<'_>, t: &TxnRequest, path: &[bool], at: &mut usize)
     Ok(())
 }
 
-fn exec_txn(b: &mut ApplyBatch<'_>, t: TxnRequest, path: &[bool], at: &mut usize) -> Result<TxnResponse, StoreError> {
+fn exec_txn(
+    b: &mut ApplyBatch<'_>,
+    t: TxnRequest,
+    path: &[bool],
+    at: &mut usize,
+) -> Result<TxnResponse, StoreError> {
     let succeeded = path.get(*at).copied().unwrap_or(false);
     *at += 1;
     let ops = if succeeded { t.success } else { t.failure };
@@ -169,11 +189,19 @@ fn exec_txn(b: &mut ApplyBatch<'_>, t: TxnRequest, path: &[bool], at: &mut usize
         let resp = match op.request {
             Some(Request::RequestRange(r)) => Response::ResponseRange(range(b, &r)?),
             Some(Request::RequestPut(p)) => Response::ResponsePut(put(b, p)?),
-            Some(Request::RequestDeleteRange(d)) => Response::ResponseDeleteRange(delete_range(b, d)?),
+            Some(Request::RequestDeleteRange(d)) => {
+                Response::ResponseDeleteRange(delete_range(b, d)?)
+            }
             Some(Request::RequestTxn(n)) => Response::ResponseTxn(exec_txn(b, n, path, at)?),
-            None => return Err(StoreError::InvalidArgument("txn operation without a request".into())),
+            None => {
+                return Err(StoreError::InvalidArgument(
+                    "txn operation without a request".into(),
+                ))
+            }
         };
-        responses.push(ResponseOp { response: Some(resp) });
+        responses.push(ResponseOp {
+            response: Some(resp),
+        });
     }
     Ok(TxnResponse {
         header: header(b.read_revision()),
@@ -183,7 +211,8 @@ fn exec_txn(b: &mut ApplyBatch<'_>, t: TxnRequest, path: &[bool], at: &mut usize
 }
 
 fn compare(b: &ApplyBatch<'_>, c: &Compare) -> Result<bool, StoreError> {
-    let target = CompareTarget::try_from(c.target).map_err(|_| StoreError::InvalidArgument("unknown compare target".into()))?;
+    let target = CompareTarget::try_from(c.target)
+        .map_err(|_| StoreError::InvalidArgument("unknown compare target".into()))?;
     let kvs = if c.range_end.is_empty() {
         b.get(&c.key)?.into_iter().collect::<Vec<_>>()
     } else {
@@ -236,7 +265,8 @@ fn compare_kv(c: &Compare, target: CompareTarget, kv: &KeyValue) -> Result<bool,
             have.cmp(&want)
         }
     };
-    let result = CompareResult::try_from(c.result).map_err(|_| StoreError::InvalidArgument("unknown compare result".into()))?;
+    let result = CompareResult::try_from(c.result)
+        .map_err(|_| StoreError::InvalidArgument("unknown compare result".into()))?;
     Ok(match result {
         CompareResult::Equal => ord == Ordering::Equal,
         CompareResult::NotEqual => ord != Ordering::Equal,
@@ -245,12 +275,18 @@ fn compare_kv(c: &Compare, target: CompareTarget, kv: &KeyValue) -> Result<bool,
     })
 }
 
-fn lease_grant(b: &mut ApplyBatch<'_>, g: LeaseGrantRequest, min_ttl: i64) -> Result<LeaseGrantResponse, StoreError> {
+fn lease_grant(
+    b: &mut ApplyBatch<'_>,
+    g: LeaseGrantRequest,
+    min_ttl: i64,
+) -> Result<LeaseGrantResponse, StoreError> {
     if g.ttl > MAX_LEASE_TTL {
         return Err(StoreError::LeaseTtlTooLarge);
     }
     if g.id <= 0 {
-        return Err(StoreError::InvalidArgument("lease ID must be positive".into()));
+        return Err(StoreError::InvalidArgument(
+            "lease ID must be positive".into(),
+        ));
     }
     if b.state().leases.contains_key(&g.id) {
         return Err(StoreError::LeaseExists);
@@ -328,7 +364,11 @@ mod tests {
         match run(&s, Cmd::Txn(cas("v1", "v3"))) {
             Res::Txn(t) => {
                 assert!(!t.succeeded);
-                assert_eq!(t.header.unwrap().revision, 2, "a failed compare does not bump the revision");
+                assert_eq!(
+                    t.header.unwrap().revision,
+                    2,
+                    "a failed compare does not bump the revision"
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -373,13 +413,19 @@ mod tests {
                 }),
             );
         }
-        match run(&s, Cmd::LeaseRevoke(crate::pb::etcdserverpb::LeaseRevokeRequest { id: 7 })) {
+        match run(
+            &s,
+            Cmd::LeaseRevoke(crate::pb::etcdserverpb::LeaseRevokeRequest { id: 7 }),
+        ) {
             Res::LeaseRevoke(r) => assert_eq!(r.header.unwrap().revision, 3),
             other => panic!("{other:?}"),
         }
         assert!(s.read().unwrap().leases.is_empty());
         assert!(matches!(
-            run(&s, Cmd::LeaseRevoke(crate::pb::etcdserverpb::LeaseRevokeRequest { id: 7 })),
+            run(
+                &s,
+                Cmd::LeaseRevoke(crate::pb::etcdserverpb::LeaseRevokeRequest { id: 7 })
+            ),
             Res::Error(_)
         ));
     }

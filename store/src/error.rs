@@ -113,7 +113,10 @@ impl StoreError {
         if let Some(e) = known.into_iter().find(|e| e.to_string() == message) {
             return e;
         }
-        let text = message.strip_prefix("etcdserver: ").unwrap_or(message).to_string();
+        let text = message
+            .strip_prefix("etcdserver: ")
+            .unwrap_or(message)
+            .to_string();
         match Code::from_i32(code) {
             Code::InvalidArgument => InvalidArgument(text),
             Code::Unimplemented => Unsupported(text),
@@ -146,12 +149,19 @@ mod tests {
 
     #[test]
     fn wire_round_trip_keeps_kind() {
-        for e in [StoreError::Compacted, StoreError::LeaseNotFound, StoreError::DuplicateKey] {
+        for e in [
+            StoreError::Compacted,
+            StoreError::LeaseNotFound,
+            StoreError::DuplicateKey,
+        ] {
             let s: Status = e.clone().into();
             assert_eq!(StoreError::from_wire(s.code() as i32, s.message()), e);
         }
         let s: Status = StoreError::Compacted.into();
         assert_eq!(s.code(), Code::OutOfRange);
-        assert_eq!(s.message(), "etcdserver: mvcc: required revision has been compacted");
+        assert_eq!(
+            s.message(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
     }
 }

@@ -49,7 +49,9 @@ impl LeaseClock {
     pub fn promote(&self, leases: impl Iterator<Item = (i64, i64)>) {
         let mut st = self.state();
         let now = Instant::now();
-        st.deadlines = leases.map(|(id, ttl)| (id, (now + secs(ttl), ttl))).collect();
+        st.deadlines = leases
+            .map(|(id, ttl)| (id, (now + secs(ttl), ttl)))
+            .collect();
         st.expiring.clear();
     }
 
@@ -110,7 +112,10 @@ mod tests {
         let c = LeaseClock::default();
         c.on_applied(&[LeaseChange::Granted(1, 0), LeaseChange::Granted(2, 3600)]);
         assert_eq!(c.take_expired(10), vec![1]);
-        assert!(c.take_expired(10).is_empty(), "an expiry in flight is not proposed twice");
+        assert!(
+            c.take_expired(10).is_empty(),
+            "an expiry in flight is not proposed twice"
+        );
         assert_eq!(c.renew(1), None, "an expiring lease cannot be renewed");
         c.expiry_failed(&[1]);
         assert_eq!(c.take_expired(10), vec![1]);

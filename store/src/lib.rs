@@ -29,4 +29,7 @@ pub use error::StoreError;
 pub mod apply;
 pub mod lease;
 pub mod machine;
+pub mod server;
 pub mod validate;
+
+pub use server::{services, EtcdServer, EtcdServices, ServerConfig};

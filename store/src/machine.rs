@@ -20,7 +20,11 @@ pub struct StoreMachine {
 impl StoreMachine {
     /// A machine over `kv`, reporting lease changes to `leases`.
     pub fn new(kv: Arc<KvStore>, leases: Arc<LeaseClock>, min_lease_ttl: i64) -> Self {
-        StoreMachine { kv, leases, min_lease_ttl }
+        StoreMachine {
+            kv,
+            leases,
+            min_lease_ttl,
+        }
     }
 }
 
@@ -33,7 +37,11 @@ fn sm_err(e: StoreError) -> StateMachineError {
 }
 
 impl StateMachine for StoreMachine {
-    fn apply(&self, entries: &[Option<&[u8]>], applied: &[u8]) -> Result<Vec<Vec<u8>>, StateMachineError> {
+    fn apply(
+        &self,
+        entries: &[Option<&[u8]>],
+        applied: &[u8],
+    ) -> Result<Vec<Vec<u8>>, StateMachineError> {
         let mut batch = self.kv.begin_apply().map_err(sm_err)?;
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
@@ -77,7 +85,8 @@ impl StateMachine for StoreMachine {
     fn restore_snapshot(&self, input: &mut dyn std::io::Read) -> Result<(), StateMachineError> {
         self.kv.restore_image(input).map_err(sm_err)?;
         let st = self.kv.read().map_err(sm_err)?;
-        self.leases.promote(st.leases.iter().map(|(id, l)| (*id, l.ttl)));
+        self.leases
+            .promote(st.leases.iter().map(|(id, l)| (*id, l.ttl)));
         Ok(())
     }
 }

@@ -23,7 +23,9 @@ pub fn check_range(r: &RangeRequest) -> Result<(), StoreError> {
         return Err(StoreError::EmptyKey);
     }
     if r.limit < 0 {
-        return Err(StoreError::InvalidArgument("limit must not be negative".into()));
+        return Err(StoreError::InvalidArgument(
+            "limit must not be negative".into(),
+        ));
     }
     Ok(())
 }
@@ -60,7 +62,10 @@ pub fn check_lease_ttl(ttl: i64) -> Result<(), StoreError> {
 
 /// Checks a Txn: op counts, every op, compares, and that no key is written twice.
 pub fn check_txn(r: &TxnRequest) -> Result<(), StoreError> {
-    if r.compare.len() > MAX_TXN_OPS || r.success.len() > MAX_TXN_OPS || r.failure.len() > MAX_TXN_OPS {
+    if r.compare.len() > MAX_TXN_OPS
+        || r.success.len() > MAX_TXN_OPS
+        || r.failure.len() > MAX_TXN_OPS
+    {
         return Err(StoreError::TooManyOps);
     }
     for c in &r.compare {
@@ -74,7 +79,11 @@ pub fn check_txn(r: &TxnRequest) -> Result<(), StoreError> {
             Some(Request::RequestPut(x)) => check_put(x)?,
             Some(Request::RequestDeleteRange(x)) => check_delete(x)?,
             Some(Request::RequestTxn(x)) => check_txn(x)?,
-            None => return Err(StoreError::InvalidArgument("txn operation without a request".into())),
+            None => {
+                return Err(StoreError::InvalidArgument(
+                    "txn operation without a request".into(),
+                ))
+            }
         }
     }
     writes(&r.success)?;
@@ -88,12 +97,12 @@ fn writes(ops: &[RequestOp]) -> Result<(BTreeSet<Vec<u8>>, Vec<KeyRange>), Store
     let mut dels: Vec<KeyRange> = Vec::new();
     for op in ops {
         match &op.request {
-            Some(Request::RequestPut(p)) => {
-                if !puts.insert(p.key.clone()) {
-                    return Err(StoreError::DuplicateKey);
-                }
+            Some(Request::RequestPut(p)) if !puts.insert(p.key.clone()) => {
+                return Err(StoreError::DuplicateKey);
             }
-            Some(Request::RequestDeleteRange(d)) => dels.push(KeyRange::from_etcd(&d.key, &d.range_end)),
+            Some(Request::RequestDeleteRange(d)) => {
+                dels.push(KeyRange::from_etcd(&d.key, &d.range_end))
+            }
             Some(Request::RequestTxn(t)) => {
                 // The two branches of a nested txn never both run: they may overlap each other, not this level.
                 let (sp, sd) = writes(&t.success)?;
@@ -144,8 +153,14 @@ mod tests {
             success: ops,
             ..Default::default()
         };
-        assert_eq!(check_txn(&txn(vec![put("a"), put("a")])), Err(StoreError::DuplicateKey));
-        assert_eq!(check_txn(&txn(vec![put("b"), del("a", "c")])), Err(StoreError::DuplicateKey));
+        assert_eq!(
+            check_txn(&txn(vec![put("a"), put("a")])),
+            Err(StoreError::DuplicateKey)
+        );
+        assert_eq!(
+            check_txn(&txn(vec![put("b"), del("a", "c")])),
+            Err(StoreError::DuplicateKey)
+        );
         assert_eq!(check_txn(&txn(vec![put("c"), del("a", "c")])), Ok(()));
         assert_eq!(check_txn(&txn(vec![del("a", "c"), del("b", "d")])), Ok(()));
         let nested = RequestOp {
@@ -156,7 +171,10 @@ mod tests {
             })),
         };
         assert_eq!(check_txn(&txn(vec![nested.clone()])), Ok(()));
-        assert_eq!(check_txn(&txn(vec![nested, put("x")])), Err(StoreError::DuplicateKey));
+        assert_eq!(
+            check_txn(&txn(vec![nested, put("x")])),
+            Err(StoreError::DuplicateKey)
+        );
         let many = TxnRequest {
             success: (0..129).map(|i| put(&format!("k{i}"))).collect(),
             ..Default::default()

@@ -45,7 +45,9 @@ pub fn read_image(
     let mut crc = crc32fast::Hasher::new();
     let mut read = |n: usize, input: &mut dyn Read| -> Result<Vec<u8>, StoreError> {
         let mut buf = vec![0u8; n];
-        input.read_exact(&mut buf).map_err(|e| StoreError::Corrupt(format!("image truncated: {e}")))?;
+        input
+            .read_exact(&mut buf)
+            .map_err(|e| StoreError::Corrupt(format!("image truncated: {e}")))?;
         crc.update(&buf);
         Ok(buf)
     };

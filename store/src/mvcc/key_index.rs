@@ -49,7 +49,9 @@ impl KeyHistory {
     /// Changes with main revision in `[from, to]`.
     pub fn changes_between(&self, from: i64, to: i64) -> impl Iterator<Item = &KeyChange> {
         let start = self.changes.partition_point(|c| c.rev.main < from);
-        self.changes[start..].iter().take_while(move |c| c.rev.main <= to)
+        self.changes[start..]
+            .iter()
+            .take_while(move |c| c.rev.main <= to)
     }
 
     fn push(&mut self, change: KeyChange) {
@@ -236,7 +238,10 @@ mod tests {
         assert_eq!(ix.put(b"a", r(2)).version, 1);
         assert_eq!(ix.put(b"a", r(3)).version, 2);
         assert!(ix.tombstone(b"a", r(4)));
-        assert!(!ix.tombstone(b"a", r(5)), "deleting a dead key records nothing");
+        assert!(
+            !ix.tombstone(b"a", r(5)),
+            "deleting a dead key records nothing"
+        );
         let c = ix.put(b"a", r(6));
         assert_eq!((c.create, c.version), (6, 1));
         let h = ix.get(b"a").unwrap();
@@ -258,8 +263,14 @@ mod tests {
         let dropped = ix.compact(5);
         assert_eq!(dropped, vec![(r(2), false), (r(4), false), (r(5), true)]);
         assert!(ix.get(b"b").is_none(), "fully deleted key leaves the index");
-        assert_eq!(ix.get(b"a").unwrap().visible_at(5).map(|c| c.rev), Some(r(3)));
-        assert_eq!(ix.get(b"c").unwrap().visible_at(6).map(|c| c.rev), Some(r(6)));
+        assert_eq!(
+            ix.get(b"a").unwrap().visible_at(5).map(|c| c.rev),
+            Some(r(3))
+        );
+        assert_eq!(
+            ix.get(b"c").unwrap().visible_at(6).map(|c| c.rev),
+            Some(r(6))
+        );
         assert!(ix.compact(5).is_empty(), "compaction is idempotent");
     }
 

@@ -117,7 +117,12 @@ impl KvStore {
     /// Serves a Range at the current state (header left for the caller).
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, StoreError> {
         let st = self.read()?;
-        range_in(&st, &TreeValues(&self.tree), req, st.current)
+        let mut resp = range_in(&st, &TreeValues(&self.tree), req, st.current)?;
+        resp.header = Some(crate::pb::etcdserverpb::ResponseHeader {
+            revision: st.current,
+            ..Default::default()
+        });
+        Ok(resp)
     }
 
     /// A value stored at `rev`.
@@ -143,7 +148,10 @@ impl KvStore {
         let values = TreeValues(&self.tree);
         let mut out: Vec<RevisionEvents> = Vec::new();
         let mut n = 0usize;
-        for item in self.tree.range(rev_scan_start(from)..rev_scan_start(to.saturating_add(1))) {
+        for item in self
+            .tree
+            .range(rev_scan_start(from)..rev_scan_start(to.saturating_add(1)))
+        {
             let (k, v) = item?;
             let Some((rev, tombstone)) = parse_rev_key(&k) else {
                 continue;
@@ -161,7 +169,11 @@ impl KvStore {
                 None
             };
             let ev = Event {
-                r#type: if tombstone { EventType::Delete } else { EventType::Put } as i32,
+                r#type: if tombstone {
+                    EventType::Delete
+                } else {
+                    EventType::Put
+                } as i32,
                 kv: Some(kv),
                 prev_kv: prev,
             };
@@ -234,7 +246,10 @@ impl KvStore {
     pub fn hash_kv(&self, rev: i64) -> Result<u32, StoreError> {
         let _st = self.read()?;
         let mut h = crc32fast::Hasher::new();
-        for item in self.tree.range(rev_scan_start(0)..rev_scan_start(rev.saturating_add(1))) {
+        for item in self
+            .tree
+            .range(rev_scan_start(0)..rev_scan_start(rev.saturating_add(1)))
+        {
             let (k, v) = item?;
             h.update(&k);
             h.update(&v);
@@ -270,7 +285,14 @@ fn load_state(tree: &sled::Tree) -> Result<MvccState, StoreError> {
         let kv = KeyValue::decode(v.as_ref())?;
         max_rev = max_rev.max(rev.main);
         if tombstone {
-            st.index.restore(&kv.key, KeyChange { rev, create: 0, version: 0 });
+            st.index.restore(
+                &kv.key,
+                KeyChange {
+                    rev,
+                    create: 0,
+                    version: 0,
+                },
+            );
             lease_of.remove(&kv.key);
         } else {
             st.index.restore(
@@ -292,7 +314,13 @@ fn load_state(tree: &sled::Tree) -> Result<MvccState, StoreError> {
         let (k, v) = item?;
         let id = parse_lease_key(&k).ok_or_else(|| StoreError::Corrupt("bad lease key".into()))?;
         let ttl = decode_i64(&v).ok_or_else(|| StoreError::Corrupt("bad lease record".into()))?;
-        st.leases.insert(id, LeaseRecord { ttl, keys: BTreeSet::new() });
+        st.leases.insert(
+            id,
+            LeaseRecord {
+                ttl,
+                keys: BTreeSet::new(),
+            },
+        );
     }
     for (key, lease) in lease_of {
         if let Some(l) = st.leases.get_mut(&lease) {
@@ -331,7 +359,11 @@ pub fn range_in(
     req: &RangeRequest,
     current: i64,
 ) -> Result<RangeResponse, StoreError> {
-    let at = if req.revision <= 0 { current } else { req.revision };
+    let at = if req.revision <= 0 {
+        current
+    } else {
+        req.revision
+    };
     if at > current {
         return Err(StoreError::FutureRevision);
     }
@@ -367,14 +399,22 @@ pub fn range_in(
     if target != SortTarget::Key && order == SortOrder::None {
         order = SortOrder::Ascend;
     }
-    let limit = if req.limit > 0 { req.limit as usize } else { usize::MAX };
+    let limit = if req.limit > 0 {
+        req.limit as usize
+    } else {
+        usize::MAX
+    };
     let descending = order == SortOrder::Descend;
     let mut kvs: Vec<KeyValue>;
     if target == SortTarget::Value {
         kvs = fetch(values, &hits)?;
         kvs.sort_by(|a, b| {
             let o = a.value.cmp(&b.value);
-            if descending { o.reverse() } else { o }
+            if descending {
+                o.reverse()
+            } else {
+                o
+            }
         });
     } else {
         if order != SortOrder::None {
@@ -391,7 +431,11 @@ pub fn range_in(
             } else {
                 hits.sort_by(|a, b| {
                     let o = field(&a.1).cmp(&field(&b.1));
-                    if descending { o.reverse() } else { o }
+                    if descending {
+                        o.reverse()
+                    } else {
+                        o
+                    }
                 });
             }
         }
@@ -412,7 +456,10 @@ pub fn range_in(
     Ok(resp)
 }
 
-fn fetch(values: &dyn ValueSource, hits: &[(&Vec<u8>, KeyChange)]) -> Result<Vec<KeyValue>, StoreError> {
+fn fetch(
+    values: &dyn ValueSource,
+    hits: &[(&Vec<u8>, KeyChange)],
+) -> Result<Vec<KeyValue>, StoreError> {
     hits.iter()
         .map(|(k, c)| {
             values.value(c.rev)?.ok_or_else(|| {
@@ -535,7 +582,12 @@ impl ApplyBatch<'_> {
     }
 
     /// Puts `key` = `value` with `lease`; returns the previous value.
-    pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<Option<KeyValue>, StoreError> {
+    pub fn put(
+        &mut self,
+        key: &[u8],
+        value: Vec<u8>,
+        lease: i64,
+    ) -> Result<Option<KeyValue>, StoreError> {
         let prev = self.get(key)?;
         let rev = self.next_rev();
         let change = self.st.index.put(key, rev);
@@ -565,7 +617,12 @@ impl ApplyBatch<'_> {
     /// Deletes the live keys in `range`; returns their previous values.
     pub fn delete_range(&mut self, range: &KeyRange) -> Result<Vec<KeyValue>, StoreError> {
         let at = self.read_revision();
-        let keys: Vec<Vec<u8>> = self.st.index.visible(range, at).map(|(k, _)| k.clone()).collect();
+        let keys: Vec<Vec<u8>> = self
+            .st
+            .index
+            .visible(range, at)
+            .map(|(k, _)| k.clone())
+            .collect();
         let mut prevs = Vec::with_capacity(keys.len());
         for key in keys {
             if let Some(prev) = self.delete_key(&key)? {
@@ -622,7 +679,13 @@ impl ApplyBatch<'_> {
 
     /// Records a granted lease.
     pub fn grant_lease(&mut self, id: i64, ttl: i64) {
-        self.st.leases.insert(id, LeaseRecord { ttl, keys: BTreeSet::new() });
+        self.st.leases.insert(
+            id,
+            LeaseRecord {
+                ttl,
+                keys: BTreeSet::new(),
+            },
+        );
         self.batch.insert(lease_key(id), &encode_i64(ttl));
         self.lease_changes.push(LeaseChange::Granted(id, ttl));
     }
@@ -641,10 +704,15 @@ impl ApplyBatch<'_> {
     }
 
     /// Writes the batch with the consensus' applied record; returns what to publish.
-    pub fn commit(mut self, applied: &[u8]) -> Result<(Vec<Arc<RevisionEvents>>, Vec<LeaseChange>), StoreError> {
+    pub fn commit(
+        mut self,
+        applied: &[u8],
+    ) -> Result<(Vec<Arc<RevisionEvents>>, Vec<LeaseChange>), StoreError> {
         self.end_request();
-        self.batch.insert(meta_key(META_CURRENT), &encode_i64(self.st.current));
-        self.batch.insert(meta_key(META_COMPACTED), &encode_i64(self.st.compacted));
+        self.batch
+            .insert(meta_key(META_CURRENT), &encode_i64(self.st.current));
+        self.batch
+            .insert(meta_key(META_COMPACTED), &encode_i64(self.st.compacted));
         self.batch.insert(meta_key(META_APPLIED), applied);
         self.store.tree.apply_batch(self.batch)?;
         drop(self.st);
@@ -683,7 +751,12 @@ mod tests {
         })?;
         Ok(r.kvs
             .into_iter()
-            .map(|kv| (String::from_utf8(kv.key).unwrap(), String::from_utf8(kv.value).unwrap()))
+            .map(|kv| {
+                (
+                    String::from_utf8(kv.key).unwrap(),
+                    String::from_utf8(kv.value).unwrap(),
+                )
+            })
             .collect())
     }
 
@@ -724,7 +797,10 @@ mod tests {
         assert_eq!(s.revisions().unwrap(), (3, 3));
         assert_eq!(get(&s, "a", 0).unwrap().len(), 1);
         assert!(get(&s, "b", 0).unwrap().is_empty());
-        assert_eq!(s.applied_record().unwrap().as_deref(), Some(b"applied-3".as_slice()));
+        assert_eq!(
+            s.applied_record().unwrap().as_deref(),
+            Some(b"applied-3".as_slice())
+        );
     }
 
     #[test]
@@ -742,6 +818,9 @@ mod tests {
         assert_eq!(a.hash_kv(2).unwrap(), b.hash_kv(2).unwrap());
         img.truncate(img.len() - 3);
         let (_d3, c) = store();
-        assert!(c.restore_image(&mut img.as_slice()).is_err(), "truncated image is refused");
+        assert!(
+            c.restore_image(&mut img.as_slice()).is_err(),
+            "truncated image is refused"
+        );
     }
 }

@@ -1,0 +1,102 @@
+//! etcdserverpb.KV: reads served locally (after a read barrier unless
+//! serializable), writes replicated.
+
+use super::EtcdServer;
+use crate::pb::etcdserverpb::{
+    kv_server::Kv, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
+use crate::pb::raftcmd::{store_command::Cmd, store_result::Result as Res};
+use crate::validate;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// The KV service.
+pub struct KvService(pub Arc<EtcdServer>);
+
+fn unexpected(what: &str) -> Status {
+    Status::internal(format!("etcdserver: unexpected apply result for {what}"))
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
+        self.0.check_leader(&request)?;
+        let req = request.into_inner();
+        validate::check_range(&req)?;
+        if !req.serializable {
+            self.0.read_barrier().await?;
+        }
+        let mut resp = self.0.kv.range(&req)?;
+        resp.header = self.0.complete(resp.header);
+        Ok(Response::new(resp))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        self.0.check_leader(&request)?;
+        let req = request.into_inner();
+        validate::check_size(&req)?;
+        validate::check_put(&req)?;
+        match self.0.propose(Cmd::Put(req)).await? {
+            Res::Put(mut r) => {
+                r.header = self.0.complete(r.header);
+                Ok(Response::new(r))
+            }
+            _ => Err(unexpected("put")),
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        self.0.check_leader(&request)?;
+        let req = request.into_inner();
+        validate::check_size(&req)?;
+        validate::check_delete(&req)?;
+        match self.0.propose(Cmd::DeleteRange(req)).await? {
+            Res::DeleteRange(mut r) => {
+                r.header = self.0.complete(r.header);
+                Ok(Response::new(r))
+            }
+            _ => Err(unexpected("delete")),
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        self.0.check_leader(&request)?;
+        let req = request.into_inner();
+        validate::check_size(&req)?;
+        validate::check_txn(&req)?;
+        match self.0.propose(Cmd::Txn(req)).await? {
+            Res::Txn(mut r) => {
+                r.header = self.0.complete(r.header);
+                Ok(Response::new(r))
+            }
+            _ => Err(unexpected("txn")),
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        self.0.check_leader(&request)?;
+        let req = request.into_inner();
+        match self.0.propose(Cmd::Compaction(req)).await? {
+            Res::Compaction(mut r) => {
+                r.header = self.0.complete(r.header);
+                Ok(Response::new(r))
+            }
+            _ => Err(unexpected("compaction")),
+        }
+    }
+}
