@@ -1,0 +1,7 @@
+//! Assembly of the `tugboatd` daemon: flags, PKI, storage, consensus, the
+//! etcd facade and its listeners. The logic lives in the library crates;
+//! this crate wires them together.
+
+pub mod daemon;
+pub mod listen;
+pub mod logging;
