@@ -1,1 +1,30 @@
-//! placeholder
+//! tugboat-consensus: replicates opaque commands through openraft (log, vote and snapshots on
+//! sled) to a state machine implemented elsewhere; peers talk over tonic gRPC.
+//!
+//! The crate knows nothing of etcd: commands and responses are bytes.
+
+// openraft's trait methods return its large `StorageError`; our helpers pass it through unboxed.
+#![allow(clippy::result_large_err)]
+
+mod error;
+mod log_store;
+pub mod network;
+mod node;
+mod snapshot;
+mod state_machine;
+mod status;
+mod types;
+
+pub use error::{ConsensusError, ProposeError, StateMachineError};
+pub use log_store::{LogReader, LogStore, LOG_TREE, META_TREE};
+pub use network::{PeerClient, PeerNetworkFactory, PeerServer, PeerService};
+pub use node::{Bootstrap, Node, NodeConfig};
+pub use snapshot::SnapshotBuilder;
+pub use state_machine::StateMachine;
+pub use status::{MemberStatus, RaftRole, RaftStatus};
+pub use types::{
+    Command, Entry, LogId, MemberInfo, NodeId, Raft, SnapshotMeta, StorageError, TypeConfig, Vote,
+};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,313 @@
+//! The raft log and vote storage on sled (openraft `RaftLogStorage`), with group-commit fsync.
+//!
+//! Layout: tree `raft_log` maps big-endian index -> bincode `Entry`; tree `raft_meta` holds the
+//! vote, the committed log id, the last purged log id and the member/cluster ids.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{AnyError, LogState, OptionalSend, RaftLogReader, StorageIOError};
+
+use crate::types::{decode, encode, Entry, LogId, StorageError, TypeConfig, Vote};
+
+/// Name of the sled tree holding raft log entries.
+pub const LOG_TREE: &str = "raft_log";
+/// Name of the sled tree holding raft metadata (vote, committed, purged, ids, snapshot meta).
+pub const META_TREE: &str = "raft_meta";
+
+pub(crate) const KEY_VOTE: &[u8] = b"vote";
+pub(crate) const KEY_COMMITTED: &[u8] = b"committed";
+pub(crate) const KEY_LAST_PURGED: &[u8] = b"last_purged";
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn read_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::read_logs(AnyError::new(&e)).into()
+}
+
+fn write_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_logs(AnyError::new(&e)).into()
+}
+
+/// A batch of appended entries waiting for the flusher's fsync before being acknowledged.
+type PendingFlush = LogFlushed<TypeConfig>;
+
+/// Starts the group-commit thread: it fsyncs once for every callback queued since the last fsync
+/// and acknowledges them in order. It exits when the log store (the only sender) is dropped.
+fn spawn_flusher(db: sled::Db) -> Result<Flusher, io::Error> {
+    let (tx, rx) = mpsc::channel::<PendingFlush>();
+    let thread = std::thread::Builder::new()
+        .name("raft-log-flusher".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut batch = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                }
+                let result = db.flush().map(|_| ());
+                for cb in batch {
+                    let res = match &result {
+                        Ok(()) => Ok(()),
+                        Err(e) => Err(io::Error::other(e.to_string())),
+                    };
+                    cb.log_io_completed(res);
+                }
+            }
+        })?;
+    Ok(Flusher { tx, thread })
+}
+
+/// The group-commit thread and its queue.
+struct Flusher {
+    tx: mpsc::Sender<PendingFlush>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Raft log + vote storage on a shared sled database.
+pub struct LogStore {
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+    flusher: Option<Flusher>,
+    committed_index: Arc<AtomicU64>,
+    /// Counts live handles on the database held by consensus (see `Node::shutdown`).
+    refs: Arc<()>,
+}
+
+impl Drop for LogStore {
+    fn drop(&mut self) {
+        if let Some(flusher) = self.flusher.take() {
+            // Closing the queue ends the thread after its last fsync; joining releases its Db handle.
+            drop(flusher.tx);
+            if flusher.thread.join().is_err() {
+                tracing::error!("raft log flusher thread panicked");
+            }
+        }
+    }
+}
+
+impl LogStore {
+    /// Opens the raft trees in `db` and starts the group-commit flusher.
+    pub fn open(db: sled::Db) -> Result<LogStore, io::Error> {
+        let log = db.open_tree(LOG_TREE).map_err(io::Error::other)?;
+        let meta = db.open_tree(META_TREE).map_err(io::Error::other)?;
+        let flusher = spawn_flusher(db.clone())?;
+        let store = LogStore {
+            db,
+            log,
+            meta,
+            flusher: Some(flusher),
+            committed_index: Arc::new(AtomicU64::new(0)),
+            refs: Arc::new(()),
+        };
+        if let Ok(Some(committed)) = store.read_meta::<LogId>(KEY_COMMITTED) {
+            store
+                .committed_index
+                .store(committed.index, Ordering::Relaxed);
+        }
+        Ok(store)
+    }
+
+    /// Token cloned by every consensus object holding the database; the strong count drops to one
+    /// once all of them are gone.
+    pub(crate) fn refs(&self) -> Arc<()> {
+        self.refs.clone()
+    }
+
+    /// Shared view of the last committed index saved by openraft (for status reporting).
+    pub(crate) fn committed_index(&self) -> Arc<AtomicU64> {
+        self.committed_index.clone()
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
+        match self.meta.get(key).map_err(read_err)? {
+            None => Ok(None),
+            Some(bytes) => decode(&bytes).map(Some).map_err(read_err),
+        }
+    }
+
+    fn write_meta<T: serde::Serialize>(&self, key: &[u8], value: &T) -> Result<(), StorageError> {
+        let bytes = encode(value).map_err(write_err)?;
+        self.meta.insert(key, bytes).map_err(write_err)?;
+        Ok(())
+    }
+
+    async fn fsync(&self) -> Result<(), StorageError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(write_err)?
+            .map_err(write_err)?;
+        Ok(())
+    }
+}
+
+/// Reader of the raft log used by replication tasks.
+#[derive(Clone)]
+pub struct LogReader {
+    log: sled::Tree,
+    _refs: Arc<()>,
+}
+
+fn read_range<RB: RangeBounds<u64>>(
+    log: &sled::Tree,
+    range: RB,
+) -> Result<Vec<Entry>, StorageError> {
+    let start = match range.start_bound() {
+        Bound::Included(i) => Bound::Included(index_key(*i)),
+        Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
+        Bound::Unbounded => Bound::Unbounded,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(i) => Bound::Included(index_key(*i)),
+        Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
+        Bound::Unbounded => Bound::Unbounded,
+    };
+    let mut entries = Vec::new();
+    for item in log.range::<[u8; 8], _>((start, end)) {
+        let (_, value) = item.map_err(read_err)?;
+        entries.push(decode::<Entry>(&value).map_err(read_err)?);
+    }
+    Ok(entries)
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        read_range(&self.log, range)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        read_range(&self.log, range)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id = self.read_meta::<LogId>(KEY_LAST_PURGED)?;
+        let last_log_id = match self.log.last().map_err(read_err)? {
+            Some((_, value)) => Some(decode::<Entry>(&value).map_err(read_err)?.log_id),
+            None => last_purged_log_id,
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> LogReader {
+        LogReader {
+            log: self.log.clone(),
+            _refs: self.refs.clone(),
+        }
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let bytes = encode(vote).map_err(|e| StorageIOError::write_vote(AnyError::new(&e)))?;
+        self.meta
+            .insert(KEY_VOTE, bytes)
+            .map_err(|e| StorageIOError::write_vote(AnyError::new(&e)))?;
+        self.fsync().await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        match self
+            .meta
+            .get(KEY_VOTE)
+            .map_err(|e| StorageIOError::read_vote(AnyError::new(&e)))?
+        {
+            None => Ok(None),
+            Some(bytes) => decode(&bytes)
+                .map(Some)
+                .map_err(|e| StorageIOError::read_vote(AnyError::new(&e)).into()),
+        }
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not fsynced: after a crash openraft re-derives commitment from the (durable) log.
+        match committed {
+            Some(c) => {
+                self.write_meta(KEY_COMMITTED, &c)?;
+                self.committed_index.store(c.index, Ordering::Relaxed);
+            }
+            None => {
+                self.meta.remove(KEY_COMMITTED).map_err(write_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        self.read_meta(KEY_COMMITTED)
+    }
+
+    #[tracing::instrument(level = "trace", skip_all)]
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            let bytes = encode(&entry).map_err(write_err)?;
+            batch.insert(&index_key(entry.log_id.index), bytes);
+        }
+        self.log.apply_batch(batch).map_err(write_err)?;
+        // Acknowledged by the flusher after the next fsync, shared with concurrent appends.
+        let queued = match &self.flusher {
+            Some(flusher) => flusher.tx.send(callback).map_err(|mpsc::SendError(cb)| cb),
+            None => Err(callback),
+        };
+        if let Err(cb) = queued {
+            cb.log_io_completed(Err(io::Error::other("raft log flusher stopped")));
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(index_key(log_id.index)..) {
+            let (key, _) = item.map_err(read_err)?;
+            batch.remove(key);
+        }
+        // One batch so a crash leaves either the old or the truncated log, never a hole.
+        self.log.apply_batch(batch).map_err(write_err)?;
+        self.fsync().await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Record the purge point first: entries at or below it are then ignored even if a crash
+        // leaves some of them behind.
+        self.write_meta(KEY_LAST_PURGED, &log_id)?;
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(..=index_key(log_id.index)) {
+            let (key, _) = item.map_err(read_err)?;
+            batch.remove(key);
+        }
+        self.log.apply_batch(batch).map_err(write_err)?;
+        self.fsync().await
+    }
+}

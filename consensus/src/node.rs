@@ -1,0 +1,487 @@
+//! A running raft member: storage, state machine adapter, transport and the openraft core.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, InitializeError, RaftError};
+use openraft::{ChangeMembers, Config, SnapshotPolicy};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::error::{ConsensusError, ProposeError};
+use crate::log_store::{LogStore, META_TREE};
+use crate::network::{PeerNetworkFactory, PeerServer, PeerService};
+use crate::snapshot::SnapshotDir;
+use crate::state_machine::{StateMachine, StateMachineAdapter};
+use crate::status::RaftStatus;
+use crate::types::{decode, encode, Command, MemberInfo, NodeId, Raft};
+
+const KEY_MEMBER_ID: &[u8] = b"member_id";
+const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
+/// How this member came to exist; a bootstrapped member re-runs an interrupted initialization.
+const KEY_ORIGIN: &[u8] = b"origin";
+const ORIGIN_BOOTSTRAP: &[u8] = b"bootstrap";
+const ORIGIN_JOIN: &[u8] = b"join";
+/// Upper bound on waiting for openraft's background tasks to drop the storage after shutdown.
+const SHUTDOWN_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Configuration of a consensus node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Member name (etcd `--name`).
+    pub name: String,
+    /// Data directory; snapshots go to `data_dir/snapshots/`.
+    pub data_dir: PathBuf,
+    /// URL peers reach this member at, e.g. "https://127.0.0.1:2380".
+    pub peer_url: String,
+    /// URLs clients reach this member at.
+    pub client_urls: Vec<String>,
+    /// Leader heartbeat interval (default 100).
+    pub heartbeat_interval_ms: u64,
+    /// Election timeout base `t`; the actual timeout is random in `[t, 2t)` (default 1000).
+    pub election_timeout_ms: u64,
+    /// Build a snapshot after this many entries since the last one (default 10_000).
+    pub snapshot_every: u64,
+    /// Client side of peer mTLS, used for https peer URLs.
+    pub peer_tls: Option<tonic::transport::ClientTlsConfig>,
+}
+
+impl NodeConfig {
+    /// A config with the default timings for member `name` at `peer_url`, storing under `data_dir`.
+    pub fn new(
+        name: impl Into<String>,
+        data_dir: impl Into<PathBuf>,
+        peer_url: impl Into<String>,
+    ) -> NodeConfig {
+        NodeConfig {
+            name: name.into(),
+            data_dir: data_dir.into(),
+            peer_url: peer_url.into(),
+            client_urls: Vec::new(),
+            heartbeat_interval_ms: 100,
+            election_timeout_ms: 1000,
+            snapshot_every: 10_000,
+            peer_tls: None,
+        }
+    }
+
+    fn member_info(&self) -> MemberInfo {
+        MemberInfo {
+            name: self.name.clone(),
+            peer_url: self.peer_url.clone(),
+            client_urls: self.client_urls.clone(),
+        }
+    }
+
+    fn raft_config(&self) -> Result<Config, ConsensusError> {
+        let config = Config {
+            cluster_name: "tugboat".to_string(),
+            heartbeat_interval: self.heartbeat_interval_ms,
+            election_timeout_min: self.election_timeout_ms,
+            election_timeout_max: self.election_timeout_ms.saturating_mul(2),
+            // Each chunk RPC, including the last one that waits for the restore, gets this long.
+            install_snapshot_timeout: self.election_timeout_ms.saturating_mul(30).max(30_000),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every.max(1)),
+            snapshot_max_chunk_size: 1024 * 1024,
+            // Keep some log behind the snapshot so slightly lagging followers catch up from the log.
+            max_in_snapshot_log_to_keep: self.snapshot_every.clamp(1, 1000),
+            purge_batch_size: (self.snapshot_every / 4).clamp(1, 256),
+            ..Config::default()
+        };
+        config
+            .validate()
+            .map_err(|e| ConsensusError::Config(e.to_string()))
+    }
+}
+
+/// How [`Node::open_with`] treats an empty store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// Start a new single-voter cluster with fresh random member and cluster ids.
+    NewCluster,
+    /// Wait to be added by an existing cluster's leader under the given ids (issued by it).
+    Join {
+        /// The member id the leader assigned.
+        member_id: NodeId,
+        /// The id of the cluster being joined.
+        cluster_id: u64,
+    },
+}
+
+/// A running raft member. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<NodeInner>,
+}
+
+struct NodeInner {
+    raft: Raft,
+    member_id: NodeId,
+    cluster_id: u64,
+    committed_index: Arc<AtomicU64>,
+    status_rx: watch::Receiver<RaftStatus>,
+    status_task: Mutex<Option<JoinHandle<()>>>,
+    /// Cloned by every storage object (log store, readers, state machine adapter); see `shutdown`.
+    storage_refs: Arc<()>,
+}
+
+fn random_nonzero_id() -> u64 {
+    loop {
+        let id: u64 = rand::random();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+fn read_id(meta: &sled::Tree, key: &[u8]) -> Result<Option<u64>, ConsensusError> {
+    match meta.get(key)? {
+        None => Ok(None),
+        Some(bytes) => decode::<u64>(&bytes)
+            .map(Some)
+            .map_err(|e| ConsensusError::Corrupt(format!("{}: {e}", String::from_utf8_lossy(key)))),
+    }
+}
+
+/// Loads the persisted member/cluster ids, or assigns and persists them on an empty store.
+/// Returns (member id, cluster id, whether this member bootstraps its own cluster).
+fn load_or_assign_ids(
+    db: &sled::Db,
+    bootstrap: Bootstrap,
+) -> Result<(NodeId, u64, bool), ConsensusError> {
+    let meta = db.open_tree(META_TREE)?;
+    let stored = (
+        read_id(&meta, KEY_MEMBER_ID)?,
+        read_id(&meta, KEY_CLUSTER_ID)?,
+    );
+    if let (Some(member_id), Some(cluster_id)) = stored {
+        if let Bootstrap::Join {
+            member_id: want_member,
+            cluster_id: want_cluster,
+        } = bootstrap
+        {
+            if (want_member, want_cluster) != (member_id, cluster_id) {
+                return Err(ConsensusError::Config(format!(
+                    "data dir already belongs to member {member_id:x} of cluster {cluster_id:x}"
+                )));
+            }
+        }
+        let bootstrapped = meta.get(KEY_ORIGIN)?.as_deref() == Some(ORIGIN_BOOTSTRAP);
+        return Ok((member_id, cluster_id, bootstrapped));
+    }
+    let (member_id, cluster_id, origin) = match bootstrap {
+        Bootstrap::NewCluster => (random_nonzero_id(), random_nonzero_id(), ORIGIN_BOOTSTRAP),
+        Bootstrap::Join {
+            member_id,
+            cluster_id,
+        } => {
+            if member_id == 0 {
+                return Err(ConsensusError::Config("member id 0 is reserved".into()));
+            }
+            (member_id, cluster_id, ORIGIN_JOIN)
+        }
+    };
+    let enc = |v: u64| encode(&v).map_err(|e| ConsensusError::Storage(e.to_string()));
+    meta.insert(KEY_ORIGIN, origin)?;
+    meta.insert(KEY_CLUSTER_ID, enc(cluster_id)?)?;
+    meta.insert(KEY_MEMBER_ID, enc(member_id)?)?;
+    db.flush()?;
+    Ok((member_id, cluster_id, origin == ORIGIN_BOOTSTRAP))
+}
+
+fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, MemberInfo>>) -> ProposeError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => match f.leader_id {
+            Some(leader) => ProposeError::NotLeader { leader },
+            None => ProposeError::NoLeader,
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            ProposeError::Unavailable(e.to_string())
+        }
+        RaftError::Fatal(f) => fatal_error(f),
+    }
+}
+
+fn fatal_error(f: Fatal<NodeId>) -> ProposeError {
+    match f {
+        Fatal::Stopped => ProposeError::ShuttingDown,
+        other => ProposeError::Fatal(other.to_string()),
+    }
+}
+
+fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, MemberInfo>>) -> ConsensusError {
+    match write_error(e) {
+        ProposeError::NotLeader { leader } => ConsensusError::NotLeader { leader },
+        ProposeError::NoLeader => ConsensusError::NoLeader,
+        ProposeError::ShuttingDown => ConsensusError::ShuttingDown,
+        other => ConsensusError::Raft(other.to_string()),
+    }
+}
+
+impl Node {
+    /// Opens the raft storage in `db` (trees prefixed "raft_"), and on an empty store bootstraps a new
+    /// single-voter cluster (fresh random nonzero member id and cluster id, persisted); otherwise resumes.
+    pub async fn open(
+        cfg: NodeConfig,
+        db: sled::Db,
+        sm: Arc<dyn StateMachine>,
+    ) -> Result<Node, ConsensusError> {
+        Node::open_with(cfg, db, sm, Bootstrap::NewCluster).await
+    }
+
+    /// Like [`Node::open`], choosing what an empty store becomes; existing data always resumes.
+    pub async fn open_with(
+        cfg: NodeConfig,
+        db: sled::Db,
+        sm: Arc<dyn StateMachine>,
+        bootstrap: Bootstrap,
+    ) -> Result<Node, ConsensusError> {
+        let raft_config = Arc::new(cfg.raft_config()?);
+        let (member_id, cluster_id, bootstrapped) = load_or_assign_ids(&db, bootstrap)?;
+        let span = tracing::info_span!("raft_open", member = %format!("{member_id:x}"), cluster = %format!("{cluster_id:x}"));
+        let _enter = span.enter();
+
+        let log_store = LogStore::open(db.clone())?;
+        let committed_index = log_store.committed_index();
+        let storage_refs = log_store.refs();
+        let snapshots = Arc::new(SnapshotDir::open(
+            cfg.data_dir.join("snapshots"),
+            db,
+            storage_refs.clone(),
+        )?);
+        let adapter = StateMachineAdapter::new(sm, snapshots)?;
+        let network = PeerNetworkFactory::new(member_id, cluster_id, cfg.peer_tls.clone());
+        drop(_enter);
+
+        let raft = Raft::new(member_id, raft_config, network, log_store, adapter)
+            .await
+            .map_err(|e| ConsensusError::Raft(e.to_string()))?;
+
+        if bootstrapped
+            && !raft
+                .is_initialized()
+                .await
+                .map_err(|e| ConsensusError::Raft(e.to_string()))?
+        {
+            let members = BTreeMap::from([(member_id, cfg.member_info())]);
+            match raft.initialize(members).await {
+                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(ConsensusError::Raft(e.to_string())),
+            }
+            tracing::info!(member = %format!("{member_id:x}"), cluster = %format!("{cluster_id:x}"), "bootstrapped new cluster");
+        }
+
+        let (status_tx, status_rx) = watch::channel(RaftStatus::from_metrics(
+            &raft.metrics().borrow(),
+            committed_index.load(Ordering::Relaxed),
+        ));
+        let status_task = tokio::spawn(forward_status(
+            raft.metrics(),
+            committed_index.clone(),
+            status_tx,
+        ));
+
+        Ok(Node {
+            inner: Arc::new(NodeInner {
+                raft,
+                member_id,
+                cluster_id,
+                committed_index,
+                status_rx,
+                status_task: Mutex::new(Some(status_task)),
+                storage_refs,
+            }),
+        })
+    }
+
+    /// Replicates a command; returns the state machine's response once applied locally.
+    pub async fn propose(&self, cmd: Vec<u8>) -> Result<Vec<u8>, ProposeError> {
+        let span = tracing::debug_span!("raft_propose", bytes = cmd.len());
+        let resp = self
+            .inner
+            .raft
+            .client_write(Command(cmd))
+            .instrument(span)
+            .await
+            .map_err(write_error)?;
+        Ok(resp.data.0)
+    }
+
+    /// Linearizable read barrier (read index): returns when the local machine has applied everything
+    /// committed before the call. Only the leader can serve it.
+    pub async fn read_barrier(&self) -> Result<(), ProposeError> {
+        let span = tracing::debug_span!("raft_read_barrier");
+        match self.inner.raft.ensure_linearizable().instrument(span).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => match f.leader_id {
+                Some(leader) => Err(ProposeError::NotLeader { leader }),
+                None => Err(ProposeError::NoLeader),
+            },
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
+                Err(ProposeError::Unavailable(q.to_string()))
+            }
+            Err(RaftError::Fatal(f)) => Err(fatal_error(f)),
+        }
+    }
+
+    /// This member's raft id.
+    pub fn member_id(&self) -> NodeId {
+        self.inner.member_id
+    }
+
+    /// The cluster's id.
+    pub fn cluster_id(&self) -> u64 {
+        self.inner.cluster_id
+    }
+
+    /// Snapshot of raft status for Maintenance/Status and MemberList (fresh at call time).
+    pub fn status(&self) -> RaftStatus {
+        RaftStatus::from_metrics(
+            &self.inner.raft.metrics().borrow(),
+            self.inner.committed_index.load(Ordering::Relaxed),
+        )
+    }
+
+    /// A watch that is notified when this member's view of the leader, term, role or membership
+    /// changes. The held value is refreshed on every raft metrics change without notifying, so
+    /// its log positions may be slightly stale; use [`Node::status`] for exact positions.
+    pub fn subscribe(&self) -> watch::Receiver<RaftStatus> {
+        self.inner.status_rx.clone()
+    }
+
+    /// Address book entry of member `id` in the effective membership.
+    pub fn member_info(&self, id: NodeId) -> Option<MemberInfo> {
+        self.inner
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .cloned()
+    }
+
+    /// The tonic service to mount on the peer listener (raft RPCs: append entries, vote, install snapshot chunks).
+    pub fn peer_service(&self) -> PeerServer {
+        PeerService::new(self.inner.raft.clone(), self.inner.cluster_id).into_server()
+    }
+
+    /// Adds `id` as a learner (leader only) and waits until it has caught up with the log.
+    pub async fn add_learner(&self, id: NodeId, info: MemberInfo) -> Result<(), ConsensusError> {
+        self.inner
+            .raft
+            .add_learner(id, info, true)
+            .await
+            .map_err(membership_error)?;
+        Ok(())
+    }
+
+    /// Sets the voter set to exactly `voters` (all must already be members); removed voters stay
+    /// learners when `retain`, otherwise they leave the membership. Leader only.
+    pub async fn change_membership(
+        &self,
+        voters: BTreeSet<NodeId>,
+        retain: bool,
+    ) -> Result<(), ConsensusError> {
+        self.inner
+            .raft
+            .change_membership(ChangeMembers::ReplaceAllVoters(voters), retain)
+            .await
+            .map_err(membership_error)?;
+        Ok(())
+    }
+
+    /// Removes members (voters or learners) from the membership entirely. Leader only.
+    pub async fn remove_members(&self, ids: BTreeSet<NodeId>) -> Result<(), ConsensusError> {
+        let voters: BTreeSet<NodeId> = self
+            .inner
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .voter_ids()
+            .collect();
+        let remaining: BTreeSet<NodeId> = voters.difference(&ids).copied().collect();
+        if remaining != voters {
+            self.change_membership(remaining, false).await?;
+        }
+        self.inner
+            .raft
+            .change_membership(ChangeMembers::RemoveNodes(ids), false)
+            .await
+            .map_err(membership_error)?;
+        Ok(())
+    }
+
+    /// Asks raft to build a snapshot now (returns before it is built).
+    pub async fn trigger_snapshot(&self) -> Result<(), ConsensusError> {
+        self.inner
+            .raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| ConsensusError::Raft(e.to_string()))
+    }
+
+    /// The underlying openraft handle, for operations not wrapped here.
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    /// Stops raft (idempotent); later calls fail with `ShuttingDown`.
+    ///
+    /// On return consensus holds no handle on the sled `Db` or the state machine any more (openraft
+    /// stops its state machine and replication tasks asynchronously, so this waits for them), which
+    /// lets the caller reopen the same data directory in-process.
+    pub async fn shutdown(&self) -> Result<(), ConsensusError> {
+        let task = self
+            .inner
+            .status_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = task {
+            task.abort();
+        }
+        self.inner
+            .raft
+            .shutdown()
+            .await
+            .map_err(|e| ConsensusError::Raft(format!("raft core task failed: {e}")))?;
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_RELEASE_WAIT;
+        while Arc::strong_count(&self.inner.storage_refs) > 1 {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ConsensusError::Raft(
+                    "raft tasks still hold the storage after shutdown".into(),
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+}
+
+/// Mirrors openraft metrics into the status watch, notifying only on topology changes.
+async fn forward_status(
+    mut metrics: watch::Receiver<openraft::RaftMetrics<NodeId, MemberInfo>>,
+    committed_index: Arc<AtomicU64>,
+    status_tx: watch::Sender<RaftStatus>,
+) {
+    loop {
+        let status = RaftStatus::from_metrics(
+            &metrics.borrow_and_update(),
+            committed_index.load(Ordering::Relaxed),
+        );
+        status_tx.send_if_modified(|current| {
+            let notify = !current.same_topology(&status);
+            *current = status;
+            notify
+        });
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
