@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Builds tugboatd and runs a single-node Tugboat with the defaults:
+# data in /var/lib/tugboat (override with TUGBOAT_DATA_DIR), etcd API on
+# 0.0.0.0:2379 (mTLS), raft peers on 0.0.0.0:2380 (mTLS). Extra arguments go
+# to `tugboatd run`, e.g. `scripts/run.sh --etcd-listen-plain 127.0.0.1:2381`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v etcdctl >/dev/null; then
+    # Not needed by tugboatd itself; installed so the README's etcdctl examples work.
+    echo "== installing etcdctl (Debian etcd-client)" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-client) >&2 \
+        || echo "warning: could not install etcd-client; tugboatd runs without it" >&2
+fi
+
+echo "== building tugboatd (release)" >&2
+cargo build --release --locked -p tugboat-ctl --bin tugboatd >&2
+
+data_dir=${TUGBOAT_DATA_DIR:-/var/lib/tugboat}
+echo "== starting tugboatd; data in $data_dir; stop with Ctrl-C" >&2
+exec target/release/tugboatd run --data-dir "$data_dir" "$@"
