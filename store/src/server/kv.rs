@@ -18,13 +18,13 @@ fn unexpected(what: &str) -> Status {
     Status::internal(format!("etcdserver: unexpected apply result for {what}"))
 }
 
-#[tonic::async_trait]
-impl Kv for KvService {
-    #[tracing::instrument(level = "debug", skip_all)]
-    async fn range(
-        &self,
-        request: Request<RangeRequest>,
-    ) -> Result<Response<RangeResponse>, Status> {
+impl KvService {
+    fn observed<T>(&self, method: &str, r: Result<T, Status>) -> Result<Response<T>, Status> {
+        self.0.metrics.observe(method, &r);
+        r.map(Response::new)
+    }
+
+    async fn do_range(&self, request: Request<RangeRequest>) -> Result<RangeResponse, Status> {
         self.0.check_leader(&request)?;
         let req = request.into_inner();
         validate::check_range(&req)?;
@@ -33,11 +33,10 @@ impl Kv for KvService {
         }
         let mut resp = self.0.kv.range(&req)?;
         resp.header = self.0.complete(resp.header);
-        Ok(Response::new(resp))
+        Ok(resp)
     }
 
-    #[tracing::instrument(level = "debug", skip_all)]
-    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+    async fn do_put(&self, request: Request<PutRequest>) -> Result<PutResponse, Status> {
         self.0.check_leader(&request)?;
         let req = request.into_inner();
         validate::check_size(&req)?;
@@ -45,17 +44,16 @@ impl Kv for KvService {
         match self.0.propose(Cmd::Put(req)).await? {
             Res::Put(mut r) => {
                 r.header = self.0.complete(r.header);
-                Ok(Response::new(r))
+                Ok(r)
             }
             _ => Err(unexpected("put")),
         }
     }
 
-    #[tracing::instrument(level = "debug", skip_all)]
-    async fn delete_range(
+    async fn do_delete(
         &self,
         request: Request<DeleteRangeRequest>,
-    ) -> Result<Response<DeleteRangeResponse>, Status> {
+    ) -> Result<DeleteRangeResponse, Status> {
         self.0.check_leader(&request)?;
         let req = request.into_inner();
         validate::check_size(&req)?;
@@ -63,14 +61,13 @@ impl Kv for KvService {
         match self.0.propose(Cmd::DeleteRange(req)).await? {
             Res::DeleteRange(mut r) => {
                 r.header = self.0.complete(r.header);
-                Ok(Response::new(r))
+                Ok(r)
             }
             _ => Err(unexpected("delete")),
         }
     }
 
-    #[tracing::instrument(level = "debug", skip_all)]
-    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+    async fn do_txn(&self, request: Request<TxnRequest>) -> Result<TxnResponse, Status> {
         self.0.check_leader(&request)?;
         let req = request.into_inner();
         validate::check_size(&req)?;
@@ -78,10 +75,58 @@ impl Kv for KvService {
         match self.0.propose(Cmd::Txn(req)).await? {
             Res::Txn(mut r) => {
                 r.header = self.0.complete(r.header);
-                Ok(Response::new(r))
+                Ok(r)
             }
             _ => Err(unexpected("txn")),
         }
+    }
+
+    async fn do_compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<CompactionResponse, Status> {
+        self.0.check_leader(&request)?;
+        let req = request.into_inner();
+        match self.0.propose(Cmd::Compaction(req)).await? {
+            Res::Compaction(mut r) => {
+                r.header = self.0.complete(r.header);
+                Ok(r)
+            }
+            _ => Err(unexpected("compaction")),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
+        let r = self.do_range(request).await;
+        self.observed("Range", r)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let r = self.do_put(request).await;
+        self.observed("Put", r)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let r = self.do_delete(request).await;
+        self.observed("DeleteRange", r)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let r = self.do_txn(request).await;
+        self.observed("Txn", r)
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
@@ -89,14 +134,7 @@ impl Kv for KvService {
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
-        self.0.check_leader(&request)?;
-        let req = request.into_inner();
-        match self.0.propose(Cmd::Compaction(req)).await? {
-            Res::Compaction(mut r) => {
-                r.header = self.0.complete(r.header);
-                Ok(Response::new(r))
-            }
-            _ => Err(unexpected("compaction")),
-        }
+        let r = self.do_compact(request).await;
+        self.observed("Compact", r)
     }
 }

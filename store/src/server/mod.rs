@@ -5,6 +5,7 @@ mod cluster;
 mod kv;
 mod lease;
 mod maintenance;
+pub mod metrics;
 mod watch;
 
 use crate::error::{StoreError, GRPC_OVERHEAD_BYTES, MAX_REQUEST_BYTES};
@@ -62,6 +63,8 @@ pub struct EtcdServer {
     pub raft: Node,
     /// Facade settings.
     pub cfg: ServerConfig,
+    /// Request counters.
+    pub metrics: metrics::Metrics,
 }
 
 fn propose_error(e: ProposeError) -> Status {
@@ -87,6 +90,7 @@ impl EtcdServer {
             leases,
             raft,
             cfg,
+            metrics: metrics::Metrics::default(),
         })
     }
 
@@ -143,6 +147,63 @@ impl EtcdServer {
             .await
             .map_err(|_| Status::unavailable("etcdserver: request timed out"))?
             .map_err(propose_error)
+    }
+
+    /// Every metric of the member in the Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        self.metrics.render(&mut out);
+        let st = self.raft.status();
+        let (keys, leases, current, compacted) = match self.kv.read() {
+            Ok(s) => (
+                s.index.len() as i64,
+                s.leases.len() as i64,
+                s.current,
+                s.compacted,
+            ),
+            Err(_) => (0, 0, 0, 0),
+        };
+        let gauges: [(&str, &str, i64); 10] = [
+            ("tugboat_store_revision", "Current store revision.", current),
+            (
+                "tugboat_store_compact_revision",
+                "Last compaction revision.",
+                compacted,
+            ),
+            ("tugboat_store_keys", "Keys with retained history.", keys),
+            ("tugboat_store_leases", "Live leases.", leases),
+            (
+                "tugboat_store_db_size_bytes",
+                "Database size on disk.",
+                self.kv.size_on_disk() as i64,
+            ),
+            ("tugboat_raft_term", "Current raft term.", st.term as i64),
+            (
+                "tugboat_raft_committed_index",
+                "Committed raft index.",
+                st.committed_index as i64,
+            ),
+            (
+                "tugboat_raft_applied_index",
+                "Applied raft index.",
+                st.applied_index as i64,
+            ),
+            (
+                "tugboat_raft_is_leader",
+                "1 when this member leads.",
+                i64::from(st.leader == Some(st.id)),
+            ),
+            (
+                "tugboat_raft_members",
+                "Members in the raft configuration.",
+                st.members.len() as i64,
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+        out
     }
 
     /// Runs the leader's lease expiry loop until the node shuts down.

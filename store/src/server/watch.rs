@@ -16,6 +16,7 @@ use futures::Stream;
 use prost::Message;
 use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
@@ -118,6 +119,17 @@ impl WatchSession {
     }
 
     async fn run(mut self, mut incoming: Streaming<WatchRequest>) {
+        let metrics = &self.server.metrics;
+        metrics.watch_streams.fetch_add(1, Ordering::Relaxed);
+        self.serve(&mut incoming).await;
+        let metrics = &self.server.metrics;
+        metrics.watch_streams.fetch_sub(1, Ordering::Relaxed);
+        metrics
+            .watchers
+            .fetch_sub(self.watchers.len() as i64, Ordering::Relaxed);
+    }
+
+    async fn serve(&mut self, incoming: &mut Streaming<WatchRequest>) {
         let period = self.server.cfg.watch_progress_interval;
         let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         loop {
@@ -151,6 +163,7 @@ impl WatchSession {
             Some(RequestUnion::CreateRequest(c)) => self.create(c).await,
             Some(RequestUnion::CancelRequest(c)) => {
                 if self.watchers.remove(&c.watch_id).is_some() {
+                    self.server.metrics.watchers.fetch_sub(1, Ordering::Relaxed);
                     self.send(WatchResponse {
                         header: self.server.header(self.delivered),
                         watch_id: c.watch_id,
@@ -219,6 +232,7 @@ impl WatchSession {
         })
         .await?;
         self.watchers.insert(id, watcher);
+        self.server.metrics.watchers.fetch_add(1, Ordering::Relaxed);
         self.replay(id, self.delivered).await
     }
 
@@ -266,7 +280,9 @@ impl WatchSession {
     }
 
     async fn cancel_compacted(&mut self, id: i64) -> Result<(), Stop> {
-        self.watchers.remove(&id);
+        if self.watchers.remove(&id).is_some() {
+            self.server.metrics.watchers.fetch_sub(1, Ordering::Relaxed);
+        }
         let (_, compacted) = self.server.kv.revisions().unwrap_or((0, 0));
         self.send(WatchResponse {
             header: self.server.header(self.delivered),
@@ -287,6 +303,10 @@ impl WatchSession {
         events: Vec<Event>,
     ) -> Result<(), Stop> {
         let fragment = self.watchers.get(&id).is_some_and(|w| w.fragment);
+        self.server
+            .metrics
+            .watch_events
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
         if let Some(w) = self.watchers.get_mut(&id) {
             w.active = true;
         }
