@@ -1,12 +1,13 @@
 //! `tugboatd run`: opens (or bootstraps) a member and serves it until SIGTERM.
 
+use crate::authority::AuthorityFixStream;
 use crate::listen;
 use anyhow::Context;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server};
 use tugboat_consensus::{Node, NodeConfig};
 use tugboat_pki::{NodeIdentity, PkiPaths};
 use tugboat_store::lease::LeaseClock;
@@ -171,41 +172,34 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
 
     let server_tls = tugboat_pki::load_server_tls(&pki)?;
-    let etcd_tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(
-            &server_tls.cert_pem,
-            &server_tls.key_pem,
-        ))
-        .client_ca_root(Certificate::from_pem(&server_tls.ca_pem));
-    let peer_server_tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(&peer_tls.cert_pem, &peer_tls.key_pem))
-        .client_ca_root(Certificate::from_pem(&peer_tls.ca_pem));
+    let etcd_tls = tls_acceptor(&server_tls).context("etcd listener TLS setup")?;
+    let peer_server_tls = tls_acceptor(&peer_tls).context("peer listener TLS setup")?;
 
     let etcd_routes = services(server.clone()).routes();
     let listener = bind(etcd_listen).await?;
     tasks.spawn(serve(
         "etcd (mTLS)",
-        Server::builder().tls_config(etcd_tls)?,
         etcd_routes.clone(),
         listener,
+        Some(etcd_tls),
         stop_rx.clone(),
     ));
     if let Some(addr) = plain_listen {
         let listener = bind(addr).await?;
         tasks.spawn(serve(
             "etcd (plaintext, loopback)",
-            Server::builder(),
             etcd_routes,
             listener,
+            None,
             stop_rx.clone(),
         ));
     }
     let listener = bind(peer_listen).await?;
     tasks.spawn(serve(
         "raft peers (mTLS)",
-        Server::builder().tls_config(peer_server_tls)?,
         tonic::service::Routes::new(node.peer_service()),
         listener,
+        Some(peer_server_tls),
         stop_rx.clone(),
     ));
 
@@ -250,25 +244,134 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
         .with_context(|| format!("listening on {addr}"))
 }
 
+/// How long a client may take to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Accepted connections waiting for tonic to pick them up.
+const ACCEPT_QUEUE: usize = 64;
+
+/// A rustls acceptor requiring client certificates signed by the cluster CA.
+fn tls_acceptor(files: &tugboat_pki::TlsFiles) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(&files.ca_pem) {
+        roots
+            .add(ca.context("parsing the CA certificate")?)
+            .context("adding the CA certificate")?;
+    }
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .context("building the client certificate verifier")?;
+    let chain = CertificateDer::pem_slice_iter(&files.cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .context("parsing the server certificate")?;
+    let key = PrivateKeyDer::from_pem_slice(&files.key_pem).context("parsing the server key")?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("choosing TLS versions")?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .context("loading the server certificate")?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves `routes` on `listener` (with mTLS when `tls` is set) until `stop`.
+///
+/// Every connection goes through [`AuthorityFixStream`] so Go clients that send
+/// a URL as `:authority` are served, as etcd serves them.
 async fn serve(
     what: &'static str,
-    builder: Server,
     routes: tonic::service::Routes,
     listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving {what}");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    builder
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await
-        .with_context(|| format!("serving {what} on {addr}"))
+    let mut builder = Server::builder().http2_keepalive_interval(Some(Duration::from_secs(30)));
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let served = match tls {
+        Some(acceptor) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(ACCEPT_QUEUE);
+            tokio::spawn(accept_loop(what, listener, tx, move |tcp, tx| {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let peer = tcp.peer_addr().ok();
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send(AuthorityFixStream::new(tls)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(?peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(?peer, "TLS handshake timed out"),
+                    }
+                });
+            }));
+            builder
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming(rx), shutdown)
+                .await
+        }
+        None => {
+            let (tx, rx) = tokio::sync::mpsc::channel(ACCEPT_QUEUE);
+            tokio::spawn(accept_loop(what, listener, tx, |tcp, tx| {
+                // The accept loop must not wait on tonic here, so hand over without blocking.
+                if let Err(tokio::sync::mpsc::error::TrySendError::Full(conn)) =
+                    tx.try_send(AuthorityFixStream::new(tcp))
+                {
+                    tokio::spawn(async move {
+                        let _ = tx.send(conn).await;
+                    });
+                }
+            }));
+            builder
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming(rx), shutdown)
+                .await
+        }
+    };
+    served.with_context(|| format!("serving {what} on {addr}"))
+}
+
+/// The connections an accept loop hands over, as the stream tonic serves.
+fn incoming<IO>(
+    rx: tokio::sync::mpsc::Receiver<IO>,
+) -> impl tokio_stream::Stream<Item = Result<IO, std::io::Error>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok)
+}
+
+/// Accepts TCP connections and passes each to `handle` until tonic drops the receiver.
+async fn accept_loop<IO, H>(
+    what: &'static str,
+    listener: tokio::net::TcpListener,
+    tx: tokio::sync::mpsc::Sender<IO>,
+    handle: H,
+) where
+    H: Fn(tokio::net::TcpStream, tokio::sync::mpsc::Sender<IO>),
+{
+    loop {
+        tokio::select! {
+            _ = tx.closed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => {
+                    // tonic's own nodelay setting does not apply to a custom incoming stream.
+                    let _ = tcp.set_nodelay(true);
+                    handle(tcp, tx.clone());
+                }
+                Err(e) => {
+                    // Typically out of file descriptors: back off instead of spinning.
+                    tracing::warn!(error = %e, "accepting a {what} connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
 }
 
 async fn shutdown_signal() -> &'static str {

@@ -2,6 +2,7 @@
 //! etcd facade and its listeners. The logic lives in the library crates;
 //! this crate wires them together.
 
+pub mod authority;
 pub mod daemon;
 pub mod listen;
 pub mod logging;

@@ -1,1 +1,9 @@
+//! Tugboat's test harness: process management for `tugboatd` and Debian's etcd, and an `etcdctl` runner.
+//!
+//! Integration tests live in `tests/`; see `harness` for the API they use.
 
+pub mod harness;
+pub mod session;
+pub mod load;
+
+pub use harness::*;

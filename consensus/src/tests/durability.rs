@@ -74,3 +74,52 @@ async fn log_vote_and_committed_survive_reopen() {
     }
     reopen_and_check(&path, 10, Some(log_id(2, 3))).await;
 }
+
+const CRASH_CHILD_ENV: &str = "TUGBOAT_CONSENSUS_CRASH_CHILD_DIR";
+
+/// Child half of `acknowledged_appends_survive_abort`: appends, then dies without any cleanup
+/// (no sled drop/flush), right after openraft would have been told the entries are durable.
+async fn crash_child(path: &Path) -> ! {
+    let db = sled::open(path).unwrap();
+    let mut store = LogStore::open(db).unwrap();
+    store.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+    store
+        .blocking_append((1..=10).map(|i| entry(2, i)))
+        .await
+        .unwrap();
+    std::process::abort();
+}
+
+#[tokio::test]
+async fn acknowledged_appends_survive_abort() {
+    if let Some(path) = std::env::var_os(CRASH_CHILD_ENV) {
+        crash_child(Path::new(&path)).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "tests::durability::acknowledged_appends_survive_abort",
+            "--nocapture",
+        ])
+        .env(CRASH_CHILD_ENV, &path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the child must die by abort");
+
+    let db = sled::open(&path).unwrap();
+    let mut store = LogStore::open(db).unwrap();
+    assert_eq!(
+        store.read_vote().await.unwrap(),
+        Some(Vote::new_committed(2, 1))
+    );
+    let entries = store.try_get_log_entries(1..=10).await.unwrap();
+    assert_eq!(entries.len(), 10);
+    assert_eq!(
+        store.get_log_state().await.unwrap().last_log_id,
+        Some(log_id(2, 10))
+    );
+}

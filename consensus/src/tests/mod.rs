@@ -9,10 +9,13 @@ use crate::error::StateMachineError;
 use crate::state_machine::StateMachine;
 use crate::types::{decode, encode};
 
+/// Applied record and applied commands.
+type MemState = (Option<Vec<u8>>, Vec<Vec<u8>>);
+
 /// In-memory state machine: records commands, answers with the command reversed.
 #[derive(Default)]
 pub(crate) struct MemMachine {
-    state: Mutex<(Option<Vec<u8>>, Vec<Vec<u8>>)>,
+    state: Mutex<MemState>,
 }
 
 impl StateMachine for MemMachine {

@@ -115,8 +115,7 @@ impl StateMachine for SledMachine {
             pos = end;
             Ok(chunk)
         };
-        loop {
-            let Ok(len) = take(4) else { break };
+        while let Ok(len) = take(4) {
             let k = take(u32::from_be_bytes(len.try_into().unwrap()) as usize)?;
             let vlen = take(4)?;
             let v = take(u32::from_be_bytes(vlen.try_into().unwrap()) as usize)?;

@@ -4,16 +4,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 /// RPCs counted by method.
-pub const METHODS: [&str; 8] = [
-    "Range",
-    "Put",
-    "DeleteRange",
-    "Txn",
-    "Compact",
-    "LeaseGrant",
-    "LeaseRevoke",
-    "LeaseKeepAlive",
-];
+pub const METHODS: [&str; 5] = ["Range", "Put", "DeleteRange", "Txn", "Compact"];
 
 /// Counters shared by the services.
 #[derive(Debug, Default)]
