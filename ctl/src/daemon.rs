@@ -261,10 +261,12 @@ fn tls_acceptor(files: &tugboat_pki::TlsFiles) -> anyhow::Result<tokio_rustls::T
             .add(ca.context("parsing the CA certificate")?)
             .context("adding the CA certificate")?;
     }
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .context("building the client certificate verifier")?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .context("building the client certificate verifier")?;
     let chain = CertificateDer::pem_slice_iter(&files.cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .context("parsing the server certificate")?;
