@@ -10,7 +10,10 @@ use tugboat_testsuite::load::{self, Bound, LoadConfig, Mode, Target, TlsFiles};
 
 /// Command-line options; see `--help`.
 #[derive(Debug, Parser)]
-#[command(name = "tugboat-loadgen", about = "Load generator for etcd v3 endpoints")]
+#[command(
+    name = "tugboat-loadgen",
+    about = "Load generator for etcd v3 endpoints"
+)]
 struct Args {
     /// http://host:port or https://host:port.
     #[arg(long)]
