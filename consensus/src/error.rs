@@ -73,7 +73,7 @@ impl From<std::io::Error> for ConsensusError {
 }
 
 /// Failure of a proposal or of a read barrier.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ProposeError {
     /// No leader is currently known (election in progress or quorum lost).
     #[error("no leader")]

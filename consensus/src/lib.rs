@@ -6,6 +6,7 @@
 // openraft's trait methods return its large `StorageError`; our helpers pass it through unboxed.
 #![allow(clippy::result_large_err)]
 
+mod batch;
 mod error;
 mod log_store;
 pub mod network;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, InitializeError, RaftError};
 use openraft::{ChangeMembers, Config, SnapshotPolicy};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
@@ -17,7 +17,7 @@ use crate::network::{PeerNetworkFactory, PeerServer, PeerService};
 use crate::snapshot::SnapshotDir;
 use crate::state_machine::{StateMachine, StateMachineAdapter};
 use crate::status::RaftStatus;
-use crate::types::{decode, encode, Command, MemberInfo, NodeId, Raft};
+use crate::types::{decode, encode, MemberInfo, NodeId, Raft};
 
 const KEY_MEMBER_ID: &[u8] = b"member_id";
 const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
@@ -124,6 +124,9 @@ struct NodeInner {
     committed_index: Arc<AtomicU64>,
     status_rx: watch::Receiver<RaftStatus>,
     status_task: Mutex<Option<JoinHandle<()>>>,
+    /// Queue of the proposal batcher (see `batch`).
+    proposals: mpsc::UnboundedSender<crate::batch::Proposal>,
+    batcher: Mutex<Option<JoinHandle<()>>>,
     /// Cloned by every storage object (log store, readers, state machine adapter); see `shutdown`.
     storage_refs: Arc<()>,
 }
@@ -193,6 +196,10 @@ fn load_or_assign_ids(
 }
 
 fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, MemberInfo>>) -> ProposeError {
+    write_error_ref(&e)
+}
+
+fn write_error_ref(e: &RaftError<NodeId, ClientWriteError<NodeId, MemberInfo>>) -> ProposeError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => match f.leader_id {
             Some(leader) => ProposeError::NotLeader { leader },
@@ -201,11 +208,15 @@ fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, MemberInfo>>) -> Pr
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
             ProposeError::Unavailable(e.to_string())
         }
-        RaftError::Fatal(f) => fatal_error(f),
+        RaftError::Fatal(f) => fatal_error_ref(f),
     }
 }
 
 fn fatal_error(f: Fatal<NodeId>) -> ProposeError {
+    fatal_error_ref(&f)
+}
+
+fn fatal_error_ref(f: &Fatal<NodeId>) -> ProposeError {
     match f {
         Fatal::Stopped => ProposeError::ShuttingDown,
         other => ProposeError::Fatal(other.to_string()),
@@ -284,8 +295,17 @@ impl Node {
             status_tx,
         ));
 
+        let (proposals, proposal_rx) = mpsc::unbounded_channel();
+        let batcher = tokio::spawn(crate::batch::run_batcher(
+            raft.clone(),
+            proposal_rx,
+            write_error_ref,
+        ));
+
         Ok(Node {
             inner: Arc::new(NodeInner {
+                proposals,
+                batcher: Mutex::new(Some(batcher)),
                 raft,
                 member_id,
                 cluster_id,
@@ -300,14 +320,14 @@ impl Node {
     /// Replicates a command; returns the state machine's response once applied locally.
     pub async fn propose(&self, cmd: Vec<u8>) -> Result<Vec<u8>, ProposeError> {
         let span = tracing::debug_span!("raft_propose", bytes = cmd.len());
-        let resp = self
-            .inner
-            .raft
-            .client_write(Command(cmd))
-            .instrument(span)
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .proposals
+            .send(crate::batch::Proposal { cmd, reply })
+            .map_err(|_| ProposeError::ShuttingDown)?;
+        rx.instrument(span)
             .await
-            .map_err(write_error)?;
-        Ok(resp.data.0)
+            .map_err(|_| ProposeError::ShuttingDown)?
     }
 
     /// Linearizable read barrier (read index): returns when the local machine has applied everything
@@ -444,6 +464,15 @@ impl Node {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(task) = task {
+            task.abort();
+        }
+        let batcher = self
+            .inner
+            .batcher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = batcher {
             task.abort();
         }
         self.inner

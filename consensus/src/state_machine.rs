@@ -65,6 +65,15 @@ impl ApplyGate {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    /// The lock if nobody holds it (a snapshot image is being written otherwise).
+    pub(crate) fn try_lock(&self) -> Option<MutexGuard<'_, ()>> {
+        match self.0.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
 }
 
 fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -96,6 +105,54 @@ impl StateMachineAdapter {
             applied,
         })
     }
+}
+
+/// Applies log entries whose normal payloads are command batches (see `batch`):
+/// the machine sees one command per proposal, the log one response per entry.
+fn apply_entries(
+    sm: &dyn StateMachine,
+    entries: &[Entry],
+    record: &[u8],
+    span: &tracing::Span,
+) -> Result<Vec<Vec<u8>>, StateMachineError> {
+    let _span = span.enter();
+    let mut commands: Vec<Option<&[u8]>> = Vec::with_capacity(entries.len());
+    let mut per_entry: Vec<Option<usize>> = Vec::with_capacity(entries.len());
+    for e in entries {
+        match &e.payload {
+            EntryPayload::Normal(cmd) => {
+                let items = crate::batch::decode(&cmd.0).map_err(|err| {
+                    StateMachineError::Corrupt(format!("log entry {}: {err}", e.log_id.index))
+                })?;
+                per_entry.push(Some(items.len()));
+                commands.extend(items.into_iter().map(Some));
+            }
+            EntryPayload::Blank | EntryPayload::Membership(_) => {
+                per_entry.push(None);
+                commands.push(None);
+            }
+        }
+    }
+    let responses = sm.apply(&commands, record)?;
+    if responses.len() != commands.len() {
+        return Err(StateMachineError::Other(format!(
+            "state machine returned {} responses for {} commands",
+            responses.len(),
+            commands.len()
+        )));
+    }
+    let mut responses = responses.into_iter();
+    let mut out = Vec::with_capacity(entries.len());
+    for n in per_entry {
+        match n {
+            Some(n) => {
+                let items: Vec<Vec<u8>> = responses.by_ref().take(n).collect();
+                out.push(crate::batch::encode(items.iter().map(|v| v.as_slice())));
+            }
+            None => out.push(responses.next().unwrap_or_default()),
+        }
+    }
+    Ok(out)
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineAdapter {
@@ -132,21 +189,21 @@ impl RaftStateMachine<TypeConfig> for StateMachineAdapter {
         let sm = self.sm.clone();
         let gate = self.gate.clone();
         let expected = entries.len();
-        let responses = tokio::task::spawn_blocking(move || {
-            let _span = span.enter();
-            let commands: Vec<Option<&[u8]>> = entries
-                .iter()
-                .map(|e| match &e.payload {
-                    EntryPayload::Normal(cmd) => Some(cmd.0.as_slice()),
-                    EntryPayload::Blank | EntryPayload::Membership(_) => None,
-                })
-                .collect();
-            let _guard = gate.lock();
-            sm.apply(&commands, &record_bytes)
-        })
-        .await
-        .map_err(sm_write_err)?
-        .map_err(|e| StorageIOError::apply(last, AnyError::new(&e)))?;
+        // Applying takes tens of microseconds: do it here unless a snapshot
+        // image holds the gate, then wait for it on a blocking thread.
+        let inline = gate
+            .try_lock()
+            .map(|_guard| apply_entries(&*sm, &entries, &record_bytes, &span));
+        let applied = match inline {
+            Some(r) => r,
+            None => tokio::task::spawn_blocking(move || {
+                let _guard = gate.lock();
+                apply_entries(&*sm, &entries, &record_bytes, &span)
+            })
+            .await
+            .map_err(sm_write_err)?,
+        };
+        let responses = applied.map_err(|e| StorageIOError::apply(last, AnyError::new(&e)))?;
         if responses.len() != expected {
             let e = StateMachineError::Other(format!(
                 "apply returned {} responses for {expected} entries",

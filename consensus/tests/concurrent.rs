@@ -31,6 +31,7 @@ async fn concurrent_proposals_all_apply_once() {
     got.dedup();
     assert_eq!(got.len(), 32 * 20, "every command applied exactly once");
     let status = m.node.status();
-    assert!(status.committed_index >= 32 * 20);
+    // Concurrent proposals share log entries (batching), never more entries than proposals.
+    assert!(status.committed_index > 0 && status.committed_index <= 32 * 20 + 1);
     m.stop().await;
 }
