@@ -33,6 +33,9 @@ pub struct RunArgs {
     /// Plaintext etcd listener for local tools; refused unless loopback.
     #[arg(long)]
     pub etcd_listen_plain: Option<String>,
+    /// Prometheus metrics and health over plain HTTP; refused unless loopback. "off" disables it.
+    #[arg(long, default_value = "127.0.0.1:2381")]
+    pub metrics_listen: String,
     /// Address advertised to peers and clients when listening on 0.0.0.0 (default 127.0.0.1).
     #[arg(long)]
     pub advertise_address: Option<IpAddr>,
@@ -75,6 +78,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let name = member_name(&args.name);
     let peer_listen = listen::parse("--peer-listen", &args.peer_listen)?;
     let etcd_listen = listen::parse("--etcd-listen", &args.etcd_listen)?;
+    let metrics_listen = match args.metrics_listen.as_str() {
+        "off" => None,
+        v => Some(listen::parse_plain("--metrics-listen", v)?),
+    };
     let plain_listen = match &args.etcd_listen_plain {
         Some(v) => Some(listen::parse_plain("--etcd-listen-plain", v)?),
         None => None,
@@ -184,6 +191,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(etcd_tls),
         stop_rx.clone(),
     ));
+    if let Some(addr) = metrics_listen {
+        let listener = bind(addr).await?;
+        tasks.spawn(crate::metrics::serve(
+            listener,
+            server.clone(),
+            stop_rx.clone(),
+        ));
+    }
     if let Some(addr) = plain_listen {
         let listener = bind(addr).await?;
         tasks.spawn(serve(

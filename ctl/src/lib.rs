@@ -6,3 +6,4 @@ pub mod authority;
 pub mod daemon;
 pub mod listen;
 pub mod logging;
+pub mod metrics;
