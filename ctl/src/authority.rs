@@ -98,8 +98,25 @@ struct OpenBlock {
     priority: Option<[u8; 5]>,
 }
 
+/// Whether the connection's header blocks are being rewritten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// No header block seen yet.
+    Undecided,
+    /// The first block was fine: everything passes through untouched.
+    Transparent,
+    /// The first block needed repair: every block is re-encoded.
+    Rewrite,
+}
+
 /// Sans-IO rewriter of a client-to-server HTTP/2 byte stream.
+///
+/// gRPC clients send one `:authority` per connection, so the first header
+/// block decides: a valid authority makes the rest of the connection a plain
+/// byte copy (no HPACK work at all); a malformed one makes the rewriter
+/// re-encode every block of the connection.
 pub struct Http2Rewriter {
+    mode: Mode,
     state: State,
     pending: Vec<u8>,
     open: Option<OpenBlock>,
@@ -119,6 +136,7 @@ impl Http2Rewriter {
         let mut decoder = loona_hpack::Decoder::new();
         decoder.set_max_allowed_table_size(CLIENT_TABLE_SIZE);
         Self {
+            mode: Mode::Undecided,
             state: State::Preface,
             pending: Vec::new(),
             open: None,
@@ -127,11 +145,20 @@ impl Http2Rewriter {
         }
     }
 
+    /// True once the connection passes through untouched.
+    pub fn is_transparent(&self) -> bool {
+        self.mode == Mode::Transparent
+    }
+
     /// Consumes client bytes (split anywhere) and appends what the server should see to `out`.
     ///
     /// After an error the connection must be closed: the HPACK state is no longer known.
     pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<(), RewriteError> {
         while !input.is_empty() {
+            if self.mode == Mode::Transparent {
+                out.extend_from_slice(input);
+                return Ok(());
+            }
             match self.state {
                 State::Preface => {
                     if !self.fill(&mut input, PREFACE.len()) {
@@ -309,6 +336,20 @@ impl Http2Rewriter {
             .map_err(|e| RewriteError::Hpack(format!("{e:?}")))?;
         if too_large {
             return Err(RewriteError::HeaderListTooLarge);
+        }
+        if self.mode == Mode::Undecided {
+            let all_valid = headers
+                .iter()
+                .filter(|(n, _)| n.as_slice() == b":authority")
+                .all(|(_, v)| is_valid_authority(v));
+            if all_valid {
+                // Same compressed bytes as the client sent: the server's HPACK
+                // state matches the client's, so no later block needs decoding.
+                self.mode = Mode::Transparent;
+                write_header_frames(open, &block, out);
+                return Ok(());
+            }
+            self.mode = Mode::Rewrite;
         }
 
         let mut encoded = Vec::with_capacity(block.len() + 64);
@@ -512,6 +553,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFixStream<S> {
             }
             if this.eof || buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
+            }
+            if this.rewriter.is_transparent() {
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
             }
             let mut raw = ReadBuf::new(&mut this.read_buf);
             ready!(Pin::new(&mut this.inner).poll_read(cx, &mut raw))?;
@@ -723,8 +767,11 @@ mod tests {
         let blocks = vec![request("127.0.0.1:2379"), request("localhost")];
         let input = client_stream(&mut loona_hpack::Encoder::new(), &blocks);
         let out = run(&input, input.len()).unwrap();
-        let (frames, decoded) = server_view(&out);
-        assert_eq!(decoded, blocks);
+        assert_eq!(
+            out, input,
+            "a valid first authority makes the connection a plain copy"
+        );
+        let frames = parse_frames(&out[PREFACE.len()..]);
         // Settings and data frames are untouched and in order.
         let settings_and_data: Vec<_> = frames
             .iter()
@@ -771,10 +818,24 @@ mod tests {
         let second = [
             0x82, 0x86, 0x84, 0xbe, 0x58, 0x86, 0xa8, 0xeb, 0x10, 0x64, 0x9c, 0xbf,
         ];
+        // A first block with a URL-shaped authority (literal, not indexed) puts
+        // the connection in rewrite mode without touching the dynamic table.
+        let mut bad = vec![0x82, 0x86, 0x84, 0x01, 0x0a];
+        bad.extend_from_slice(b"http://x:1");
         let mut input = PREFACE.to_vec();
-        input.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &first));
-        input.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, 3, &second));
-        let (_, decoded) = server_view(&run(&input, input.len()).unwrap());
+        input.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &bad));
+        input.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, 3, &first));
+        input.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, 5, &second));
+        let (_, mut decoded) = server_view(&run(&input, input.len()).unwrap());
+        assert_eq!(
+            decoded.remove(0),
+            hdrs(&[
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":path", "/"),
+                (":authority", "x:1")
+            ])
+        );
         let base = [
             (":method", "GET"),
             (":scheme", "http"),
