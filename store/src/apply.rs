@@ -357,7 +357,7 @@ mod tests {
         match run(&s, Cmd::Txn(cas("v1", "v2"))) {
             Res::Txn(t) => {
                 assert!(t.succeeded);
-                assert_eq!(t.header.unwrap().revision, 2);
+                assert_eq!(t.header.unwrap().revision, 3);
             }
             other => panic!("{other:?}"),
         }
@@ -366,7 +366,7 @@ mod tests {
                 assert!(!t.succeeded);
                 assert_eq!(
                     t.header.unwrap().revision,
-                    2,
+                    3,
                     "a failed compare does not bump the revision"
                 );
             }
@@ -396,7 +396,7 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(run(&s, Cmd::Txn(t)), Res::Error(_)));
-        assert_eq!(s.revisions().unwrap().0, 0);
+        assert_eq!(s.revisions().unwrap().0, 1);
     }
 
     #[test]
@@ -417,7 +417,7 @@ mod tests {
             &s,
             Cmd::LeaseRevoke(crate::pb::etcdserverpb::LeaseRevokeRequest { id: 7 }),
         ) {
-            Res::LeaseRevoke(r) => assert_eq!(r.header.unwrap().revision, 3),
+            Res::LeaseRevoke(r) => assert_eq!(r.header.unwrap().revision, 4),
             other => panic!("{other:?}"),
         }
         assert!(s.read().unwrap().leases.is_empty());

@@ -334,7 +334,8 @@ fn load_state(tree: &sled::Tree) -> Result<MvccState, StoreError> {
             None => 0,
         })
     };
-    st.current = meta(META_CURRENT)?.max(max_rev);
+    // A new store is at revision 1, as etcd's is: the first write gets revision 2.
+    st.current = meta(META_CURRENT)?.max(max_rev).max(1);
     st.compacted = meta(META_COMPACTED)?;
     Ok(st)
 }
@@ -763,17 +764,22 @@ mod tests {
     #[test]
     fn historic_reads_and_compaction_errors() {
         let (_d, s) = store();
-        assert_eq!(put(&s, "a", "1"), 1);
-        assert_eq!(put(&s, "a", "2"), 2);
-        assert_eq!(get(&s, "a", 1).unwrap(), vec![("a".into(), "1".into())]);
-        assert_eq!(get(&s, "a", 3), Err(StoreError::FutureRevision));
+        assert_eq!(
+            s.revisions().unwrap(),
+            (1, 0),
+            "a new store is at revision 1, like etcd"
+        );
+        assert_eq!(put(&s, "a", "1"), 2);
+        assert_eq!(put(&s, "a", "2"), 3);
+        assert_eq!(get(&s, "a", 2).unwrap(), vec![("a".into(), "1".into())]);
+        assert_eq!(get(&s, "a", 4), Err(StoreError::FutureRevision));
         let mut b = s.begin_apply().unwrap();
-        b.compact(2).unwrap();
+        b.compact(3).unwrap();
         b.commit(b"x").unwrap();
-        assert_eq!(get(&s, "a", 1), Err(StoreError::Compacted));
-        assert_eq!(get(&s, "a", 2).unwrap(), vec![("a".into(), "2".into())]);
+        assert_eq!(get(&s, "a", 2), Err(StoreError::Compacted));
+        assert_eq!(get(&s, "a", 3).unwrap(), vec![("a".into(), "2".into())]);
         let mut b = s.begin_apply().unwrap();
-        assert_eq!(b.compact(2), Err(StoreError::Compacted));
+        assert_eq!(b.compact(3), Err(StoreError::Compacted));
     }
 
     #[test]
@@ -788,13 +794,13 @@ mod tests {
             b.begin_request();
             b.delete_range(&KeyRange::Single(b"b".to_vec())).unwrap();
             b.end_request();
-            b.compact(3).unwrap();
+            b.compact(4).unwrap();
             b.commit(b"applied-3").unwrap();
             db.flush().unwrap();
         }
         let db = sled::Config::new().path(dir.path()).open().unwrap();
         let s = KvStore::open(db, "kv").unwrap();
-        assert_eq!(s.revisions().unwrap(), (3, 3));
+        assert_eq!(s.revisions().unwrap(), (4, 4));
         assert_eq!(get(&s, "a", 0).unwrap().len(), 1);
         assert!(get(&s, "b", 0).unwrap().is_empty());
         assert_eq!(
@@ -813,9 +819,9 @@ mod tests {
         let (_d2, b) = store();
         put(&b, "junk", "x");
         b.restore_image(&mut img.as_slice()).unwrap();
-        assert_eq!(b.revisions().unwrap(), (2, 0));
+        assert_eq!(b.revisions().unwrap(), (3, 0));
         assert!(get(&b, "junk", 0).unwrap().is_empty());
-        assert_eq!(a.hash_kv(2).unwrap(), b.hash_kv(2).unwrap());
+        assert_eq!(a.hash_kv(3).unwrap(), b.hash_kv(3).unwrap());
         img.truncate(img.len() - 3);
         let (_d3, c) = store();
         assert!(
