@@ -3,7 +3,7 @@
 //! Integration tests live in `tests/`; see `harness` for the API they use.
 
 pub mod harness;
-pub mod session;
 pub mod load;
+pub mod session;
 
 pub use harness::*;

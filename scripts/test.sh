@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Runs every check and test of the workspace: format, lints, build, unit and integration tests.
+# Installs the tools the tests drive (Debian's etcd-server and etcd-client) when they are missing.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+stage() { printf '\n=== %s (%s) ===\n' "$1" "$(date -u +%H:%M:%S)"; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        echo "error: need root (or sudo) to run: $*" >&2
+        exit 1
+    fi
+}
+
+stage "tools"
+missing_pkgs=()
+[ -x /usr/bin/etcd ] || missing_pkgs+=(etcd-server)
+[ -x /usr/bin/etcdctl ] || missing_pkgs+=(etcd-client)
+if [ "${#missing_pkgs[@]}" -gt 0 ]; then
+    echo "installing ${missing_pkgs[*]}"
+    as_root apt-get update
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing_pkgs[@]}"
+fi
+installed_components="$(rustup component list --installed 2>/dev/null || true)"
+for component in rustfmt clippy; do
+    if ! grep -q "^${component}" <<<"${installed_components}"; then
+        echo "adding toolchain component ${component}"
+        rustup component add "${component}"
+    fi
+done
+etcd_version="$(/usr/bin/etcd --version)"
+etcdctl_version="$(/usr/bin/etcdctl version)"
+echo "${etcd_version%%$'\n'*}; ${etcdctl_version%%$'\n'*}"
+cargo --version
+
+stage "cargo fmt --all --check"
+cargo fmt --all --check
+
+stage "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+stage "cargo build --workspace --bins"
+cargo build --workspace --bins
+
+# The integration tests start real tugboatd/etcd processes; two at a time suits a 2-core machine
+# (and keeps the count fixed on bigger ones, where cargo would otherwise run one per core).
+stage "cargo test --workspace"
+cargo test --workspace --no-fail-fast -- --test-threads=2
+
+stage "done"
