@@ -22,6 +22,7 @@ stage "tools"
 missing_pkgs=()
 [ -x /usr/bin/etcd ] || missing_pkgs+=(etcd-server)
 [ -x /usr/bin/etcdctl ] || missing_pkgs+=(etcd-client)
+command -v openssl >/dev/null || missing_pkgs+=(openssl)
 if [ "${#missing_pkgs[@]}" -gt 0 ]; then
     echo "installing ${missing_pkgs[*]}"
     as_root apt-get update
