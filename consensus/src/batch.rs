@@ -13,7 +13,7 @@ pub(crate) const MAX_BATCH_COMMANDS: usize = 512;
 /// Most command bytes packed into one log entry.
 pub(crate) const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Entries in flight at once: one being appended while the previous one applies.
-const IN_FLIGHT: usize = 2;
+const IN_FLIGHT: usize = 1;
 
 const BATCH_MAGIC: u8 = 0xB1;
 

@@ -11,6 +11,7 @@ mod error;
 mod log_store;
 pub mod network;
 mod node;
+mod runtime;
 mod snapshot;
 mod state_machine;
 mod status;

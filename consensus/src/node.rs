@@ -127,6 +127,8 @@ struct NodeInner {
     /// Queue of the proposal batcher (see `batch`).
     proposals: mpsc::UnboundedSender<crate::batch::Proposal>,
     batcher: Mutex<Option<JoinHandle<()>>>,
+    /// The thread raft runs on; stopped after raft has shut down.
+    runtime: Mutex<Option<crate::runtime::RaftRuntime>>,
     /// Cloned by every storage object (log store, readers, state machine adapter); see `shutdown`.
     storage_refs: Arc<()>,
 }
@@ -267,8 +269,18 @@ impl Node {
         let network = PeerNetworkFactory::new(member_id, cluster_id, cfg.peer_tls.clone());
         drop(_enter);
 
-        let raft = Raft::new(member_id, raft_config, network, log_store, adapter)
+        let runtime = crate::runtime::RaftRuntime::start()?;
+        let raft = runtime
+            .handle()
+            .spawn(Raft::new(
+                member_id,
+                raft_config,
+                network,
+                log_store,
+                adapter,
+            ))
             .await
+            .map_err(|e| ConsensusError::Raft(format!("raft runtime: {e}")))?
             .map_err(|e| ConsensusError::Raft(e.to_string()))?;
 
         if bootstrapped
@@ -296,7 +308,7 @@ impl Node {
         ));
 
         let (proposals, proposal_rx) = mpsc::unbounded_channel();
-        let batcher = tokio::spawn(crate::batch::run_batcher(
+        let batcher = runtime.handle().spawn(crate::batch::run_batcher(
             raft.clone(),
             proposal_rx,
             write_error_ref,
@@ -306,6 +318,7 @@ impl Node {
             inner: Arc::new(NodeInner {
                 proposals,
                 batcher: Mutex::new(Some(batcher)),
+                runtime: Mutex::new(Some(runtime)),
                 raft,
                 member_id,
                 cluster_id,
@@ -489,6 +502,13 @@ impl Node {
             }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
+        drop(
+            self.inner
+                .runtime
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
         Ok(())
     }
 }

@@ -71,6 +71,10 @@ pub fn dir_usage(path: &Path) -> std::io::Result<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     let mut allocated = 0u64;
     let mut apparent = 0u64;
+    let root = std::fs::symlink_metadata(path)?;
+    if !root.is_dir() {
+        return Ok((root.blocks() * 512, root.len()));
+    }
     let mut stack = vec![path.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let entries = match std::fs::read_dir(&dir) {
