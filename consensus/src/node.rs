@@ -265,7 +265,8 @@ impl Node {
             db,
             storage_refs.clone(),
         )?);
-        let adapter = StateMachineAdapter::new(sm, snapshots)?;
+        let applied_commands = Arc::new(AtomicU64::new(0));
+        let adapter = StateMachineAdapter::new(sm, snapshots, applied_commands.clone())?;
         let network = PeerNetworkFactory::new(member_id, cluster_id, cfg.peer_tls.clone());
         drop(_enter);
 
@@ -308,6 +309,14 @@ impl Node {
         ));
 
         let (proposals, proposal_rx) = mpsc::unbounded_channel();
+        // Entries carry batches of commands, so openraft's entry-count policy
+        // alone would let the log grow by up to a batch per entry: also
+        // snapshot every `snapshot_every` commands.
+        runtime.handle().spawn(snapshot_by_commands(
+            raft.clone(),
+            applied_commands,
+            cfg.snapshot_every.max(1),
+        ));
         let batcher = runtime.handle().spawn(crate::batch::run_batcher(
             raft.clone(),
             proposal_rx,
@@ -510,6 +519,24 @@ impl Node {
                 .take(),
         );
         Ok(())
+    }
+}
+
+/// Triggers a snapshot whenever `every` more commands have been applied; ends with raft.
+async fn snapshot_by_commands(raft: Raft, applied: Arc<AtomicU64>, every: u64) {
+    let mut last = applied.load(Ordering::Relaxed);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let now = applied.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < every {
+            continue;
+        }
+        if let Err(e) = raft.trigger().snapshot().await {
+            tracing::debug!(error = %e, "snapshot trigger stopped");
+            return;
+        }
+        last = now;
     }
 }
 

@@ -90,12 +90,15 @@ pub(crate) struct StateMachineAdapter {
     gate: ApplyGate,
     snapshots: Arc<SnapshotDir>,
     applied: AppliedRecord,
+    /// Commands applied since start; drives snapshots by command count (see `Node`).
+    applied_commands: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl StateMachineAdapter {
     pub(crate) fn new(
         sm: Arc<dyn StateMachine>,
         snapshots: Arc<SnapshotDir>,
+        applied_commands: Arc<std::sync::atomic::AtomicU64>,
     ) -> Result<StateMachineAdapter, StateMachineError> {
         let applied = AppliedRecord::load(sm.as_ref())?;
         Ok(StateMachineAdapter {
@@ -103,6 +106,7 @@ impl StateMachineAdapter {
             gate: ApplyGate::default(),
             snapshots,
             applied,
+            applied_commands,
         })
     }
 }
@@ -114,7 +118,7 @@ fn apply_entries(
     entries: &[Entry],
     record: &[u8],
     span: &tracing::Span,
-) -> Result<Vec<Vec<u8>>, StateMachineError> {
+) -> Result<(Vec<Vec<u8>>, usize), StateMachineError> {
     let _span = span.enter();
     let mut commands: Vec<Option<&[u8]>> = Vec::with_capacity(entries.len());
     let mut per_entry: Vec<Option<usize>> = Vec::with_capacity(entries.len());
@@ -152,7 +156,7 @@ fn apply_entries(
             None => out.push(responses.next().unwrap_or_default()),
         }
     }
-    Ok(out)
+    Ok((out, commands.len()))
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineAdapter {
@@ -203,7 +207,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineAdapter {
             .await
             .map_err(sm_write_err)?,
         };
-        let responses = applied.map_err(|e| StorageIOError::apply(last, AnyError::new(&e)))?;
+        let (responses, commands) =
+            applied.map_err(|e| StorageIOError::apply(last, AnyError::new(&e)))?;
+        self.applied_commands
+            .fetch_add(commands as u64, std::sync::atomic::Ordering::Relaxed);
         if responses.len() != expected {
             let e = StateMachineError::Other(format!(
                 "apply returned {} responses for {expected} entries",

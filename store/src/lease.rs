@@ -74,6 +74,11 @@ impl LeaseClock {
         Some((left, *ttl))
     }
 
+    /// When a lease expires, as this member's clock sees it.
+    pub fn deadline(&self, id: i64) -> Option<Instant> {
+        self.state().deadlines.get(&id).map(|(d, _)| *d)
+    }
+
     /// Leases past their deadline that are not already being revoked; marks them as being revoked.
     pub fn take_expired(&self, max: usize) -> Vec<i64> {
         let mut st = self.state();

@@ -640,7 +640,20 @@ fn normalize_text(
         rest = &rest[digits_end..];
     }
     out.push_str(rest);
-    let t = out;
+    let mut t = out;
+    if shape == Shape::MemberList {
+        // `member list` prints the id first with %x, so it has no fixed width.
+        t = t
+            .lines()
+            .map(|line| match line.split_once(", ") {
+                Some((id, rest)) if !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                    format!("<member>, {rest}")
+                }
+                _ => line.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+    }
     // 16-hex-digit tokens are lease ids (member ids only appear in MemberList shape).
     let mut result = String::with_capacity(t.len());
     let bytes = t.as_bytes();

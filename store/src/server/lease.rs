@@ -165,9 +165,21 @@ impl Lease for LeaseService {
         self.0.check_leader(&request)?;
         self.0.read_barrier().await?;
         let st = self.0.kv.read()?;
+        // Soonest expiry first, as etcd lists them.
+        let mut ids: Vec<(Option<std::time::Instant>, i64)> = st
+            .leases
+            .keys()
+            .map(|id| (self.0.leases.deadline(*id), *id))
+            .collect();
+        ids.sort_by(|a, b| match (a.0, b.0) {
+            (Some(x), Some(y)) => x.cmp(&y).then(a.1.cmp(&b.1)),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => a.1.cmp(&b.1),
+        });
         Ok(Response::new(LeaseLeasesResponse {
             header: self.0.header(st.current),
-            leases: st.leases.keys().map(|id| LeaseStatus { id: *id }).collect(),
+            leases: ids.into_iter().map(|(_, id)| LeaseStatus { id }).collect(),
         }))
     }
 }
