@@ -21,8 +21,12 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineAdapter, tempfile::TempDir> 
         let log = LogStore::open(db.clone()).expect("open log store");
         let snapshots =
             SnapshotDir::open(dir.path().join("snapshots"), db, log.refs()).expect("snapshot dir");
-        let sm = StateMachineAdapter::new(Arc::new(MemMachine::default()), Arc::new(snapshots))
-            .expect("adapter");
+        let sm = StateMachineAdapter::new(
+            Arc::new(MemMachine::default()),
+            Arc::new(snapshots),
+            Arc::default(),
+        )
+        .expect("adapter");
         Ok((dir, log, sm))
     }
 }
