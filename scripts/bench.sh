@@ -301,7 +301,7 @@ noise and rerun before drawing conclusions.
 
 Setup: one single-node server of each kind on loopback, fresh temp data dirs, default settings,
 both fsync their log before acknowledging a write (etcd 3.4's default WAL fsync; tugboatd's
-group-committed raft log flush), plaintext client endpoint, release builds. The load
+raft log flush, one per batch of concurrent proposals), plaintext client endpoint, release builds. The load
 generator is \`tugboat-loadgen\` (Rust, tonic; {"${CONNS}"} HTTP/2 connections shared by the clients,
 closed loop: each client waits for its answer before sending the next request), running on the same
 machine, so it competes with the server for the {sh("nproc")} CPUs in the same way for both. Each
