@@ -13,7 +13,9 @@ pub(crate) const MAX_BATCH_COMMANDS: usize = 512;
 /// Most command bytes packed into one log entry.
 pub(crate) const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Entries in flight at once: one being appended while the previous one applies.
-const IN_FLIGHT: usize = 1;
+const IN_FLIGHT: usize = 2;
+/// Longest wait for the previous entry's fsync before a batch is sent anyway.
+const FLUSH_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
 const BATCH_MAGIC: u8 = 0xB1;
 
@@ -75,6 +77,7 @@ pub(crate) struct Proposal {
 pub(crate) async fn run_batcher(
     raft: Raft,
     mut rx: mpsc::UnboundedReceiver<Proposal>,
+    mut flushed: tokio::sync::watch::Receiver<u64>,
     to_error: fn(
         &openraft::error::RaftError<
             crate::NodeId,
@@ -83,6 +86,8 @@ pub(crate) async fn run_batcher(
     ) -> ProposeError,
 ) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    // Flush count when the last entry was sent; its own flush makes the count pass it.
+    let mut last_sent: Option<u64> = None;
     loop {
         // Wait for a slot first: proposals arriving meanwhile join the next batch.
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -91,6 +96,13 @@ pub(crate) async fn run_batcher(
         let Some(first) = rx.recv().await else {
             return;
         };
+        // With an entry in flight, send the next one only once that entry is
+        // durable: openraft appends it right away then (while the previous one
+        // applies), and everything that arrived meanwhile rides along instead
+        // of trailing behind in an entry of its own.
+        if let Some(sent) = last_sent {
+            let _ = tokio::time::timeout(FLUSH_WAIT, flushed.wait_for(|n| *n > sent)).await;
+        }
         let mut bytes = first.cmd.len();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH_COMMANDS && bytes < MAX_BATCH_BYTES {
@@ -103,6 +115,7 @@ pub(crate) async fn run_batcher(
             }
         }
         let payload = encode(batch.iter().map(|p| p.cmd.as_slice()));
+        last_sent = Some(*flushed.borrow());
         let replies: Vec<_> = batch.into_iter().map(|p| p.reply).collect();
         let raft = raft.clone();
         tokio::spawn(async move {

@@ -41,6 +41,8 @@ pub struct LogStore {
     log: sled::Tree,
     meta: sled::Tree,
     committed_index: Arc<AtomicU64>,
+    /// Appends made durable so far; the proposal batcher paces itself on it.
+    appends_flushed: Arc<tokio::sync::watch::Sender<u64>>,
     /// Counts live handles on the database held by consensus (see `Node::shutdown`).
     refs: Arc<()>,
 }
@@ -55,6 +57,7 @@ impl LogStore {
             log,
             meta,
             committed_index: Arc::new(AtomicU64::new(0)),
+            appends_flushed: Arc::new(tokio::sync::watch::Sender::new(0)),
             refs: Arc::new(()),
         };
         if let Ok(Some(committed)) = store.read_meta::<LogId>(KEY_COMMITTED) {
@@ -69,6 +72,11 @@ impl LogStore {
     /// once all of them are gone.
     pub(crate) fn refs(&self) -> Arc<()> {
         self.refs.clone()
+    }
+
+    /// Count of appends made durable, updated after every log fsync.
+    pub(crate) fn appends_flushed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.appends_flushed.subscribe()
     }
 
     /// Shared view of the last committed index saved by openraft (for status reporting).
@@ -236,6 +244,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map(|_| ())
             .map_err(|e| io::Error::other(e.to_string()));
         callback.log_io_completed(flushed);
+        self.appends_flushed.send_modify(|n| *n += 1);
         Ok(())
     }
 

@@ -258,6 +258,7 @@ impl Node {
         let _enter = span.enter();
 
         let log_store = LogStore::open(db.clone())?;
+        let appends_flushed = log_store.appends_flushed();
         let committed_index = log_store.committed_index();
         let storage_refs = log_store.refs();
         let snapshots = Arc::new(SnapshotDir::open(
@@ -320,6 +321,7 @@ impl Node {
         let batcher = runtime.handle().spawn(crate::batch::run_batcher(
             raft.clone(),
             proposal_rx,
+            appends_flushed,
             write_error_ref,
         ));
 
