@@ -72,7 +72,10 @@ impl ValueSource for TreeValues<'_> {
 /// The store: backend tree, in-memory state and the watch publication channel.
 pub struct KvStore {
     db: sled::Db,
-    tree: sled::Tree,
+    /// Name under which the active tree is recorded in [`ACTIVE_TREES`].
+    base: String,
+    /// The active tree (name, handle); replaced by a snapshot restore. Take `state` first.
+    tree: RwLock<(String, sled::Tree)>,
     state: RwLock<MvccState>,
     events: tokio::sync::broadcast::Sender<Arc<RevisionEvents>>,
 }
@@ -84,18 +87,58 @@ fn poisoned<T>(_: T) -> StoreError {
     StoreError::Storage("store lock poisoned by an earlier failure".into())
 }
 
+/// Tree recording which of a store's two trees is active (restores write the other one).
+const ACTIVE_TREES: &str = "store_active_tree";
+/// Records copied per backend batch while restoring an image.
+const RESTORE_BATCH: usize = 4096;
+
+fn other_tree_name(base: &str, active: &str) -> String {
+    if active == base {
+        format!("{base}.alt")
+    } else {
+        base.to_string()
+    }
+}
+
 impl KvStore {
     /// Opens the store's tree `tree_name` in `db` and rebuilds the in-memory index.
     pub fn open(db: sled::Db, tree_name: &str) -> Result<KvStore, StoreError> {
-        let tree = db.open_tree(tree_name)?;
+        let pointers = db.open_tree(ACTIVE_TREES)?;
+        let active = match pointers.get(tree_name)? {
+            Some(v) => String::from_utf8(v.to_vec())
+                .map_err(|_| StoreError::Corrupt("active tree name is not UTF-8".into()))?,
+            None => tree_name.to_string(),
+        };
+        if active != tree_name && active != other_tree_name(tree_name, tree_name) {
+            return Err(StoreError::Corrupt(format!(
+                "unknown active tree {active:?}"
+            )));
+        }
+        // A restore interrupted by a crash leaves a partial copy in the other tree.
+        let spare = db.open_tree(other_tree_name(tree_name, &active))?;
+        if !spare.is_empty() {
+            spare.clear()?;
+        }
+        let tree = db.open_tree(&active)?;
         let state = load_state(&tree)?;
         let (events, _) = tokio::sync::broadcast::channel(EVENT_CHANNEL_REVISIONS);
         Ok(KvStore {
             db,
-            tree,
+            base: tree_name.to_string(),
+            tree: RwLock::new((active, tree)),
             state: RwLock::new(state),
             events,
         })
+    }
+
+    /// The active tree. Callers hold the state lock so a restore cannot swap it meanwhile.
+    fn tree(&self) -> sled::Tree {
+        // The guarded value is a handle; a poisoned lock still holds a valid one.
+        self.tree
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
     }
 
     /// Read access to the in-memory state.
@@ -117,17 +160,13 @@ impl KvStore {
     /// Serves a Range at the current state (header left for the caller).
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, StoreError> {
         let st = self.read()?;
-        let mut resp = range_in(&st, &TreeValues(&self.tree), req, st.current)?;
+        let tree = self.tree();
+        let mut resp = range_in(&st, &TreeValues(&tree), req, st.current)?;
         resp.header = Some(crate::pb::etcdserverpb::ResponseHeader {
             revision: st.current,
             ..Default::default()
         });
         Ok(resp)
-    }
-
-    /// A value stored at `rev`.
-    pub fn value_at(&self, rev: Revision) -> Result<Option<KeyValue>, StoreError> {
-        TreeValues(&self.tree).value(rev)
     }
 
     /// Events of revisions `[from, to]` for keys in `range`, grouped by
@@ -145,13 +184,11 @@ impl KvStore {
         if from < st.compacted {
             return Err(StoreError::Compacted);
         }
-        let values = TreeValues(&self.tree);
+        let tree = self.tree();
+        let values = TreeValues(&tree);
         let mut out: Vec<RevisionEvents> = Vec::new();
         let mut n = 0usize;
-        for item in self
-            .tree
-            .range(rev_scan_start(from)..rev_scan_start(to.saturating_add(1)))
-        {
+        for item in tree.range(rev_scan_start(from)..rev_scan_start(to.saturating_add(1))) {
             let (k, v) = item?;
             let Some((rev, tombstone)) = parse_rev_key(&k) else {
                 continue;
@@ -194,6 +231,7 @@ impl KvStore {
         let st = self.state.write().map_err(poisoned)?;
         Ok(ApplyBatch {
             store: self,
+            tree: self.tree(),
             st,
             batch: sled::Batch::default(),
             pending: HashMap::new(),
@@ -205,7 +243,8 @@ impl KvStore {
 
     /// The consensus' applied record.
     pub fn applied_record(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree.get(meta_key(META_APPLIED))?.map(|v| v.to_vec()))
+        let _st = self.read()?;
+        Ok(self.tree().get(meta_key(META_APPLIED))?.map(|v| v.to_vec()))
     }
 
     /// Bytes the database occupies on disk.
@@ -222,23 +261,50 @@ impl KvStore {
     /// Writes every record of the store to `out` as a consistent image (writes wait meanwhile).
     pub fn write_image(&self, out: &mut dyn std::io::Write) -> Result<(), StoreError> {
         let _st = self.read()?;
-        super::image::write_image(self.tree.iter(), out)
+        super::image::write_image(self.tree().iter(), out)
     }
 
     /// Replaces the whole store with an image made by [`KvStore::write_image`].
+    ///
+    /// The image is copied in bounded batches into the spare tree, made
+    /// durable, and only then made active, so a crash leaves either the old
+    /// store or the new one, and no image is ever held in memory whole.
     pub fn restore_image(&self, input: &mut dyn std::io::Read) -> Result<(), StoreError> {
         let mut st = self.state.write().map_err(poisoned)?;
+        let active = self
+            .tree
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone();
+        let next_name = other_tree_name(&self.base, &active);
+        let next = self.db.open_tree(&next_name)?;
+        next.clear()?;
         let mut batch = sled::Batch::default();
-        for item in self.tree.iter() {
-            let (k, _) = item?;
-            batch.remove(k);
-        }
+        let mut pending = 0usize;
         super::image::read_image(input, |k, v| {
             batch.insert(k, v);
+            pending += 1;
+            if pending == RESTORE_BATCH {
+                next.apply_batch(std::mem::take(&mut batch))?;
+                pending = 0;
+            }
             Ok(())
         })?;
-        self.tree.apply_batch(batch)?;
-        *st = load_state(&self.tree)?;
+        next.apply_batch(batch)?;
+        self.db.flush()?;
+        self.db
+            .open_tree(ACTIVE_TREES)?
+            .insert(self.base.as_bytes(), next_name.as_bytes())?;
+        self.db.flush()?;
+        let new_state = load_state(&next)?;
+        let old = std::mem::replace(
+            &mut *self.tree.write().unwrap_or_else(|p| p.into_inner()),
+            (next_name, next),
+        );
+        // Frees the old copy; a crash before this is cleaned up at the next open.
+        old.1.clear()?;
+        *st = new_state;
         Ok(())
     }
 
@@ -247,7 +313,7 @@ impl KvStore {
         let _st = self.read()?;
         let mut h = crc32fast::Hasher::new();
         for item in self
-            .tree
+            .tree()
             .range(rev_scan_start(0)..rev_scan_start(rev.saturating_add(1)))
         {
             let (k, v) = item?;
@@ -262,7 +328,7 @@ impl KvStore {
         let _st = self.read()?;
         let mut h = crc32fast::Hasher::new();
         let applied = meta_key(META_APPLIED);
-        for item in self.tree.iter() {
+        for item in self.tree().iter() {
             let (k, v) = item?;
             if k.as_ref() != applied.as_slice() {
                 h.update(&k);
@@ -485,6 +551,7 @@ struct RequestScope {
 /// One applied raft batch: every change goes to one sled batch, committed atomically.
 pub struct ApplyBatch<'a> {
     store: &'a KvStore,
+    tree: sled::Tree,
     st: RwLockWriteGuard<'a, MvccState>,
     batch: sled::Batch,
     pending: HashMap<Revision, KeyValue>,
@@ -553,7 +620,7 @@ impl ApplyBatch<'_> {
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, StoreError> {
         let values = Overlay {
             pending: &self.pending,
-            tree: &self.store.tree,
+            tree: &self.tree,
         };
         range_in(&self.st, &values, req, self.read_revision())
     }
@@ -564,7 +631,7 @@ impl ApplyBatch<'_> {
         match self.st.index.get(key).and_then(|h| h.visible_at(at)) {
             Some(c) => Overlay {
                 pending: &self.pending,
-                tree: &self.store.tree,
+                tree: &self.tree,
             }
             .value(c.rev),
             None => Ok(None),
@@ -715,7 +782,7 @@ impl ApplyBatch<'_> {
         self.batch
             .insert(meta_key(META_COMPACTED), &encode_i64(self.st.compacted));
         self.batch.insert(meta_key(META_APPLIED), applied);
-        self.store.tree.apply_batch(self.batch)?;
+        self.tree.apply_batch(self.batch)?;
         drop(self.st);
         for ev in &self.published {
             // No receivers is fine: nobody is watching.
@@ -810,6 +877,30 @@ mod tests {
     }
 
     #[test]
+    fn restored_store_survives_reopen() {
+        let (_d, a) = store();
+        put(&a, "k1", "v1");
+        let mut img = Vec::new();
+        a.write_image(&mut img).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let b = KvStore::open(db.clone(), "kv").unwrap();
+            put(&b, "old", "x");
+            b.restore_image(&mut img.as_slice()).unwrap();
+            db.flush().unwrap();
+        }
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let b = KvStore::open(db.clone(), "kv").unwrap();
+        assert_eq!(get(&b, "k1", 0).unwrap(), vec![("k1".into(), "v1".into())]);
+        assert!(get(&b, "old", 0).unwrap().is_empty());
+        assert!(
+            db.open_tree("kv").unwrap().is_empty(),
+            "the replaced copy was freed"
+        );
+    }
+
+    #[test]
     fn image_round_trip() {
         let (_d, a) = store();
         put(&a, "k1", "v1");
@@ -822,6 +913,9 @@ mod tests {
         assert_eq!(b.revisions().unwrap(), (3, 0));
         assert!(get(&b, "junk", 0).unwrap().is_empty());
         assert_eq!(a.hash_kv(3).unwrap(), b.hash_kv(3).unwrap());
+        // A second restore goes back to the first tree; both survive a reopen.
+        b.restore_image(&mut img.as_slice()).unwrap();
+        assert_eq!(b.revisions().unwrap(), (3, 0));
         img.truncate(img.len() - 3);
         let (_d3, c) = store();
         assert!(
