@@ -184,3 +184,86 @@ async fn progress_and_fragments() {
     );
     drop(tx);
 }
+
+/// History replay is read in passes of bounded size; filters must not make a
+/// pass look complete. 1,100 puts then 3 deletes, watched from the start with
+/// NOPUT: exactly the 3 deletes arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filtered_replay_over_long_history() {
+    use tugboat_store::pb::etcdserverpb::{watch_create_request::FilterType, DeleteRangeRequest};
+    let node = tokio::task::spawn_blocking(|| TugboatNode::start(TugboatOptions::default()))
+        .await
+        .expect("join")
+        .expect("start tugboatd");
+    let channel = plain_channel(&node.plain_endpoint())
+        .await
+        .expect("connect");
+    let mut kv = kv(channel.clone());
+    let writes: Vec<_> = (0..8)
+        .map(|w| {
+            let mut kv = kv.clone();
+            tokio::spawn(async move {
+                for i in (w..1100).step_by(8) {
+                    kv.put(PutRequest {
+                        key: format!("h/{i:04}").into_bytes(),
+                        value: b"v".to_vec(),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("put");
+                }
+            })
+        })
+        .collect();
+    for w in writes {
+        w.await.expect("writer");
+    }
+    let mut last = 0;
+    for i in [3, 500, 1099] {
+        let r = kv
+            .delete_range(DeleteRangeRequest {
+                key: format!("h/{i:04}").into_bytes(),
+                ..Default::default()
+            })
+            .await
+            .expect("delete")
+            .into_inner();
+        last = r.header.expect("header").revision;
+    }
+    let mut watch = WatchClient::new(channel);
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: b"h/".to_vec(),
+            range_end: b"h0".to_vec(),
+            start_revision: 1,
+            filters: vec![FilterType::Noput as i32],
+            ..Default::default()
+        })),
+    })
+    .await
+    .expect("send");
+    let mut stream = watch
+        .watch(ReceiverStream::new(rx))
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut deleted = Vec::new();
+    while deleted.len() < 3 {
+        let r = next(&mut stream).await;
+        for e in r.events {
+            let kv = e.kv.expect("kv");
+            assert_eq!(e.r#type, 1, "only deletes pass the NOPUT filter");
+            deleted.push((
+                String::from_utf8_lossy(&kv.key).into_owned(),
+                kv.mod_revision,
+            ));
+        }
+    }
+    assert_eq!(
+        deleted.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        vec!["h/0003", "h/0500", "h/1099"]
+    );
+    assert_eq!(deleted[2].1, last);
+    drop(tx);
+}

@@ -259,6 +259,7 @@ impl WatchSession {
                 }
             };
             let last = batches.last().map(|b| b.revision);
+            let read: usize = batches.iter().map(|b| b.events.len()).sum();
             let mut events = Vec::new();
             if let Some(w) = self.watchers.get(&id) {
                 for b in &batches {
@@ -267,7 +268,8 @@ impl WatchSession {
             }
             // A pass that stopped early resumes after its last revision; a full pass covered everything up to `to`.
             let reached = match last {
-                Some(rev) if events.len() >= REPLAY_BATCH_EVENTS => rev,
+                // Decided on what history returned, not on what the filters kept.
+                Some(rev) if read >= REPLAY_BATCH_EVENTS => rev,
                 _ => to,
             };
             if !events.is_empty() {
