@@ -2,7 +2,7 @@
 //! replica: the outcome depends only on the command and the store's state.
 
 use crate::error::{StoreError, MAX_LEASE_TTL};
-use crate::mvcc::{ApplyBatch, KeyRange};
+use crate::mvcc::{ApplyBatch, KeyRange, ReadView};
 use crate::pb::etcdserverpb::{
     compare::{CompareResult, CompareTarget, TargetUnion},
     request_op::Request,
@@ -106,13 +106,119 @@ fn delete_range(
     })
 }
 
-fn range(
-    b: &ApplyBatch<'_>,
+/// What evaluating a txn reads: a write in progress (seeing its own
+/// writes) or a read-only view of the current revision.
+trait TxnView {
+    fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, StoreError>;
+    fn range_raw(
+        &self,
+        r: &RangeRequest,
+    ) -> Result<crate::pb::etcdserverpb::RangeResponse, StoreError>;
+    fn read_revision(&self) -> i64;
+    fn compacted(&self) -> i64;
+    fn has_lease(&self, id: i64) -> bool;
+}
+
+impl TxnView for ApplyBatch<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, StoreError> {
+        ApplyBatch::get(self, key)
+    }
+    fn range_raw(
+        &self,
+        r: &RangeRequest,
+    ) -> Result<crate::pb::etcdserverpb::RangeResponse, StoreError> {
+        ApplyBatch::range(self, r)
+    }
+    fn read_revision(&self) -> i64 {
+        ApplyBatch::read_revision(self)
+    }
+    fn compacted(&self) -> i64 {
+        self.state().compacted
+    }
+    fn has_lease(&self, id: i64) -> bool {
+        self.state().leases.contains_key(&id)
+    }
+}
+
+impl TxnView for ReadView<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, StoreError> {
+        ReadView::get(self, key)
+    }
+    fn range_raw(
+        &self,
+        r: &RangeRequest,
+    ) -> Result<crate::pb::etcdserverpb::RangeResponse, StoreError> {
+        ReadView::range(self, r)
+    }
+    fn read_revision(&self) -> i64 {
+        self.revision()
+    }
+    fn compacted(&self) -> i64 {
+        self.state().compacted
+    }
+    fn has_lease(&self, id: i64) -> bool {
+        self.state().leases.contains_key(&id)
+    }
+}
+
+fn range<V: TxnView + ?Sized>(
+    b: &V,
     r: &RangeRequest,
 ) -> Result<crate::pb::etcdserverpb::RangeResponse, StoreError> {
-    let mut resp = b.range(r)?;
+    let mut resp = b.range_raw(r)?;
     resp.header = header(b.read_revision());
     Ok(resp)
+}
+
+/// True when no branch of `t` (nested ones included) writes.
+pub fn is_read_only(t: &TxnRequest) -> bool {
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| match &op.request {
+            Some(Request::RequestRange(_)) => true,
+            Some(Request::RequestTxn(n)) => is_read_only(n),
+            _ => false,
+        })
+}
+
+/// Evaluates a txn that writes nothing against a read view, without replication.
+pub fn read_only_txn(view: &ReadView<'_>, t: TxnRequest) -> Result<TxnResponse, StoreError> {
+    let mut path = Vec::new();
+    decide_path(view, &t, &mut path)?;
+    check_path(view, &t, &path, &mut 0)?;
+    exec_read_txn(view, t, &path, &mut 0)
+}
+
+fn exec_read_txn(
+    v: &ReadView<'_>,
+    t: TxnRequest,
+    path: &[bool],
+    at: &mut usize,
+) -> Result<TxnResponse, StoreError> {
+    let succeeded = path.get(*at).copied().unwrap_or(false);
+    *at += 1;
+    let ops = if succeeded { t.success } else { t.failure };
+    let mut responses = Vec::with_capacity(ops.len());
+    for op in ops {
+        let resp = match op.request {
+            Some(Request::RequestRange(r)) => Response::ResponseRange(range(v, &r)?),
+            Some(Request::RequestTxn(n)) => Response::ResponseTxn(exec_read_txn(v, n, path, at)?),
+            _ => {
+                return Err(StoreError::InvalidArgument(
+                    "a read-only transaction cannot write".into(),
+                ))
+            }
+        };
+        responses.push(ResponseOp {
+            response: Some(resp),
+        });
+    }
+    Ok(TxnResponse {
+        header: header(v.read_revision()),
+        succeeded,
+        responses,
+    })
 }
 
 fn txn(b: &mut ApplyBatch<'_>, t: TxnRequest) -> Result<TxnResponse, StoreError> {
@@ -125,7 +231,11 @@ fn txn(b: &mut ApplyBatch<'_>, t: TxnRequest) -> Result<TxnResponse, StoreError>
     exec_txn(b, t, &path, &mut 0)
 }
 
-fn decide_path(b: &ApplyBatch<'_>, t: &TxnRequest, path: &mut Vec<bool>) -> Result<(), StoreError> {
+fn decide_path<V: TxnView + ?Sized>(
+    b: &V,
+    t: &TxnRequest,
+    path: &mut Vec<bool>,
+) -> Result<(), StoreError> {
     let mut ok = true;
     for c in &t.compare {
         if !compare(b, c)? {
@@ -142,8 +252,8 @@ fn decide_path(b: &ApplyBatch<'_>, t: &TxnRequest, path: &mut Vec<bool>) -> Resu
     Ok(())
 }
 
-fn check_path(
-    b: &ApplyBatch<'_>,
+fn check_path<V: TxnView + ?Sized>(
+    b: &V,
     t: &TxnRequest,
     path: &[bool],
     at: &mut usize,
@@ -156,7 +266,7 @@ fn check_path(
                 if (p.ignore_value || p.ignore_lease) && b.get(&p.key)?.is_none() {
                     return Err(StoreError::KeyNotFound);
                 }
-                if p.lease != 0 && !b.state().leases.contains_key(&p.lease) {
+                if p.lease != 0 && !b.has_lease(p.lease) {
                     return Err(StoreError::LeaseNotFound);
                 }
             }
@@ -164,7 +274,7 @@ fn check_path(
                 if r.revision > b.read_revision() {
                     return Err(StoreError::FutureRevision);
                 }
-                if r.revision > 0 && r.revision < b.state().compacted {
+                if r.revision > 0 && r.revision < b.compacted() {
                     return Err(StoreError::Compacted);
                 }
             }
@@ -210,13 +320,13 @@ fn exec_txn(
     })
 }
 
-fn compare(b: &ApplyBatch<'_>, c: &Compare) -> Result<bool, StoreError> {
+fn compare<V: TxnView + ?Sized>(b: &V, c: &Compare) -> Result<bool, StoreError> {
     let target = CompareTarget::try_from(c.target)
         .map_err(|_| StoreError::InvalidArgument("unknown compare target".into()))?;
     let kvs = if c.range_end.is_empty() {
         b.get(&c.key)?.into_iter().collect::<Vec<_>>()
     } else {
-        b.range(&RangeRequest {
+        b.range_raw(&RangeRequest {
             key: c.key.clone(),
             range_end: c.range_end.clone(),
             ..Default::default()
@@ -372,6 +482,46 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn read_only_txn_reads_without_writing() {
+        let (_d, s) = store();
+        run(&s, put_cmd("k", "v1"));
+        let t = TxnRequest {
+            compare: vec![Compare {
+                result: compare::CompareResult::Equal as i32,
+                target: compare::CompareTarget::Value as i32,
+                key: b"k".to_vec(),
+                target_union: Some(TargetUnion::Value(b"v1".to_vec())),
+                range_end: vec![],
+            }],
+            success: vec![RequestOp {
+                request: Some(Request::RequestRange(RangeRequest {
+                    key: b"k".to_vec(),
+                    ..Default::default()
+                })),
+            }],
+            failure: vec![],
+        };
+        assert!(is_read_only(&t));
+        let view = s.read_view().unwrap();
+        let r = read_only_txn(&view, t).unwrap();
+        drop(view);
+        assert!(r.succeeded);
+        assert_eq!(r.header.unwrap().revision, 2);
+        match &r.responses[0].response {
+            Some(Response::ResponseRange(rr)) => assert_eq!(rr.kvs[0].value, b"v1"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.revisions().unwrap().0, 2, "nothing was written");
+        let writes = TxnRequest {
+            success: vec![RequestOp {
+                request: Some(Request::RequestPut(PutRequest::default())),
+            }],
+            ..Default::default()
+        };
+        assert!(!is_read_only(&writes));
     }
 
     #[test]

@@ -226,6 +226,15 @@ impl KvStore {
         Ok(out)
     }
 
+    /// A consistent read-only view of the current state (writes wait while it lives).
+    pub fn read_view(&self) -> Result<ReadView<'_>, StoreError> {
+        let st = self.read()?;
+        Ok(ReadView {
+            st,
+            tree: self.tree(),
+        })
+    }
+
     /// Starts applying a batch of replicated commands; commit it with [`ApplyBatch::commit`].
     pub fn begin_apply(&self) -> Result<ApplyBatch<'_>, StoreError> {
         let st = self.state.write().map_err(poisoned)?;
@@ -539,6 +548,42 @@ fn fetch(
             })
         })
         .collect()
+}
+
+/// The store at one revision, for read-only transactions.
+pub struct ReadView<'a> {
+    st: RwLockReadGuard<'a, MvccState>,
+    tree: sled::Tree,
+}
+
+impl ReadView<'_> {
+    /// The in-memory state.
+    pub fn state(&self) -> &MvccState {
+        &self.st
+    }
+
+    /// The revision this view reads at.
+    pub fn revision(&self) -> i64 {
+        self.st.current
+    }
+
+    /// Range at this view's revision (header left for the caller).
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, StoreError> {
+        range_in(&self.st, &TreeValues(&self.tree), req, self.st.current)
+    }
+
+    /// The live value of `key`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, StoreError> {
+        match self
+            .st
+            .index
+            .get(key)
+            .and_then(|h| h.visible_at(self.st.current))
+        {
+            Some(c) => TreeValues(&self.tree).value(c.rev),
+            None => Ok(None),
+        }
+    }
 }
 
 /// The request being applied inside a batch: its revision and changes so far.

@@ -8,5 +8,5 @@ pub mod kvstore;
 pub mod revision;
 
 pub use key_index::KeyRange;
-pub use kvstore::{ApplyBatch, KvStore, LeaseChange, RevisionEvents};
+pub use kvstore::{ApplyBatch, KvStore, LeaseChange, ReadView, RevisionEvents};
 pub use revision::Revision;

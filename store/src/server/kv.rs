@@ -72,6 +72,16 @@ impl KvService {
         let req = request.into_inner();
         validate::check_size(&req)?;
         validate::check_txn(&req)?;
+        if crate::apply::is_read_only(&req) {
+            // Like etcd: a txn that only reads is served from the local replica
+            // after a read barrier, without a log entry.
+            self.0.read_barrier().await?;
+            let view = self.0.kv.read_view()?;
+            let mut r = crate::apply::read_only_txn(&view, req)?;
+            drop(view);
+            r.header = self.0.complete(r.header);
+            return Ok(r);
+        }
         match self.0.propose(Cmd::Txn(req)).await? {
             Res::Txn(mut r) => {
                 r.header = self.0.complete(r.header);
