@@ -170,6 +170,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 args.watch_progress_notify_interval.max(1),
             ),
             tmp_dir: args.data_dir.join("tmp"),
+            db_dir: Some(args.data_dir.join("db")),
             ..ServerConfig::default()
         },
     );

@@ -75,7 +75,8 @@ impl Maintenance for MaintenanceService {
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let rev = self.0.kv.revisions()?.0;
         let st = self.0.raft.status();
-        let size = self.0.kv.size_on_disk() as i64;
+        let size = self.0.db_file_size() as i64;
+        let in_use = self.0.kv.size_on_disk() as i64;
         let is_learner = st.members.iter().any(|m| m.id == st.id && !m.is_voter);
         let errors = if st.leader.is_none() {
             vec!["etcdserver: no leader".to_string()]
@@ -91,7 +92,7 @@ impl Maintenance for MaintenanceService {
             raft_term: st.term,
             raft_applied_index: st.applied_index,
             errors,
-            db_size_in_use: size,
+            db_size_in_use: in_use,
             is_learner,
         }))
     }

@@ -40,6 +40,8 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Directory for temporary files (snapshots streamed to clients).
     pub tmp_dir: PathBuf,
+    /// Directory of the database files, measured for `dbSize`.
+    pub db_dir: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +51,7 @@ impl Default for ServerConfig {
             watch_progress_interval: Duration::from_secs(600),
             request_timeout: Duration::from_secs(7),
             tmp_dir: std::env::temp_dir(),
+            db_dir: None,
         }
     }
 }
@@ -149,6 +152,28 @@ impl EtcdServer {
             .map_err(propose_error)
     }
 
+    /// Bytes the database files occupy (etcd's `dbSize`); falls back to the
+    /// storage engine's own figure when the directory is unknown.
+    pub fn db_file_size(&self) -> u64 {
+        fn dir_size(dir: &std::path::Path) -> u64 {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return 0;
+            };
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_size(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        }
+        match &self.cfg.db_dir {
+            Some(dir) => dir_size(dir),
+            None => self.kv.size_on_disk(),
+        }
+    }
+
     /// Every metric of the member in the Prometheus text format.
     pub fn render_metrics(&self) -> String {
         use std::fmt::Write;
@@ -175,8 +200,8 @@ impl EtcdServer {
             ("tugboat_store_leases", "Live leases.", leases),
             (
                 "tugboat_store_db_size_bytes",
-                "Database size on disk.",
-                self.kv.size_on_disk() as i64,
+                "Database files on disk.",
+                self.db_file_size() as i64,
             ),
             ("tugboat_raft_term", "Current raft term.", st.term as i64),
             (
