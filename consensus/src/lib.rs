@@ -8,6 +8,7 @@
 
 mod batch;
 mod error;
+pub mod join_token;
 mod log_store;
 pub mod network;
 mod node;

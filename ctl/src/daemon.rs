@@ -175,6 +175,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
     );
     let expiry = tokio::spawn(server.clone().run_lease_expiry());
+    crate::local::write_member_file(
+        &args.data_dir,
+        &crate::local::MemberFile {
+            name: name.clone(),
+            client_url: listen::url("https", etcd_adv),
+            peer_url: listen::url("https", peer_adv),
+        },
+    )?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();

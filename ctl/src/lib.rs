@@ -5,5 +5,7 @@
 pub mod authority;
 pub mod daemon;
 pub mod listen;
+pub mod local;
 pub mod logging;
 pub mod metrics;
+pub mod token;

@@ -1,0 +1,102 @@
+//! `tugboat`: the Tugboat command line for operators.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use tugboat_ctl::token;
+
+/// Tugboat command line.
+#[derive(Parser, Debug)]
+#[command(name = "tugboat", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Join tokens for new members.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenAction {
+    /// Create a token and print it.
+    Create {
+        /// How long the token stays valid (e.g. 30m, 1h, 2d).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// How many joins it allows (default: unlimited until it expires).
+        #[arg(long)]
+        uses: Option<u32>,
+        /// Data dir of the local member.
+        #[arg(long, default_value = "/var/lib/tugboat")]
+        data_dir: PathBuf,
+    },
+    /// List tokens.
+    List {
+        /// Data dir of the local member.
+        #[arg(long, default_value = "/var/lib/tugboat")]
+        data_dir: PathBuf,
+    },
+    /// Revoke a token by id.
+    Revoke {
+        /// Token id (the second part of the token).
+        id: String,
+        /// Data dir of the local member.
+        #[arg(long, default_value = "/var/lib/tugboat")]
+        data_dir: PathBuf,
+    },
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Token { action } => match action {
+            TokenAction::Create {
+                ttl,
+                uses,
+                data_dir,
+            } => {
+                let ttl = token::parse_duration(&ttl)?;
+                println!("{}", token::create(&data_dir, ttl, uses).await?);
+            }
+            TokenAction::List { data_dir } => {
+                print!("{}", token::render(&token::list(&data_dir).await?))
+            }
+            TokenAction::Revoke { id, data_dir } => {
+                token::revoke(&data_dir, &id).await?;
+                println!("revoked {id}");
+            }
+        },
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_err()
+    {
+        // Another provider is installed already; tonic uses whichever is there.
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tugboat: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tugboat: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
