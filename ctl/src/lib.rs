@@ -8,4 +8,5 @@ pub mod listen;
 pub mod local;
 pub mod logging;
 pub mod metrics;
+pub mod nodes;
 pub mod token;

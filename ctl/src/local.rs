@@ -63,3 +63,21 @@ pub async fn admin_channel(data_dir: &Path) -> anyhow::Result<(MemberFile, Chann
         .with_context(|| format!("connecting to {}", member.client_url))?;
     Ok((member, channel))
 }
+
+/// A channel to another member's etcd API (`url`) as the cluster admin.
+pub async fn admin_channel_to(data_dir: &Path, url: &str) -> anyhow::Result<Channel> {
+    let paths = tugboat_pki::PkiPaths::new(data_dir);
+    let tls = tugboat_pki::load_admin_tls(&paths).context("loading the admin certificate")?;
+    Channel::from_shared(url.to_string())
+        .with_context(|| format!("bad client URL {url}"))?
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&tls.ca_pem))
+                .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem)),
+        )?
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .timeout(std::time::Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {url}"))
+}

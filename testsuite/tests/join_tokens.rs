@@ -90,3 +90,22 @@ fn tokens_are_pinned_hashed_revocable_and_expire() {
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+#[test]
+fn node_list_shows_the_member() {
+    let node = TugboatNode::start(TugboatOptions::default()).expect("start tugboatd");
+    let (ok, out, err) = tugboat(node.data_dir(), &["node", "list"]);
+    assert!(ok, "node list failed: {err}");
+    let row = out
+        .lines()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no member row in {out:?}"));
+    assert!(row.starts_with("node1 "), "{row}");
+    assert!(row.contains("voter (leader)"), "{row}");
+    assert!(
+        row.contains(&format!("https://{}", node.peer_addr())),
+        "{row}"
+    );
+    assert!(row.contains(&node.tls_endpoint()), "{row}");
+    assert!(row.trim_end().ends_with("healthy"), "{row}");
+}

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-use tugboat_ctl::token;
+use tugboat_ctl::{nodes, token};
 
 /// Tugboat command line.
 #[derive(Parser, Debug)]
@@ -18,6 +18,21 @@ enum Command {
     Token {
         #[command(subcommand)]
         action: TokenAction,
+    },
+    /// Members of the cluster.
+    Node {
+        #[command(subcommand)]
+        action: NodeAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeAction {
+    /// List members with role, addresses, raft position and health.
+    List {
+        /// Data dir of the local member.
+        #[arg(long, default_value = "/var/lib/tugboat")]
+        data_dir: PathBuf,
     },
 }
 
@@ -53,6 +68,9 @@ enum TokenAction {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Node {
+            action: NodeAction::List { data_dir },
+        } => print!("{}", nodes::render(&nodes::list(&data_dir).await?)),
         Command::Token { action } => match action {
             TokenAction::Create {
                 ttl,
