@@ -7,3 +7,4 @@ pub mod load;
 pub mod session;
 
 pub use harness::*;
+pub mod linearizability;
