@@ -43,6 +43,15 @@ pub struct RevisionEvents {
     pub events: Vec<Event>,
 }
 
+/// A stretch of history read by [`KvStore::history`].
+#[derive(Debug)]
+pub struct History {
+    /// Matching events, grouped by revision.
+    pub batches: Vec<RevisionEvents>,
+    /// Every revision up to this one has been read.
+    pub reached: i64,
+}
+
 /// Lease changes an applied batch made, for the leader-local expiry clock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseChange {
@@ -172,6 +181,11 @@ impl KvStore {
     /// Events of revisions `[from, to]` for keys in `range`, grouped by
     /// revision, with previous values when `prev_kv` is set. Fails with
     /// `Compacted` when `from` is below the compaction point.
+    ///
+    /// One call reads at most about `max_events` matching events and
+    /// `max_scanned` records (always whole revisions), because writes wait while
+    /// it holds the store; `reached` says up to which revision it got, so the
+    /// caller continues from `reached + 1`.
     pub fn history(
         &self,
         range: &KeyRange,
@@ -179,7 +193,8 @@ impl KvStore {
         to: i64,
         prev_kv: bool,
         max_events: usize,
-    ) -> Result<Vec<RevisionEvents>, StoreError> {
+        max_scanned: usize,
+    ) -> Result<History, StoreError> {
         let st = self.read()?;
         if from < st.compacted {
             return Err(StoreError::Compacted);
@@ -187,18 +202,26 @@ impl KvStore {
         let tree = self.tree();
         let values = TreeValues(&tree);
         let mut out: Vec<RevisionEvents> = Vec::new();
-        let mut n = 0usize;
+        let (mut matched, mut scanned) = (0usize, 0usize);
+        let mut last_main: Option<i64> = None;
         for item in tree.range(rev_scan_start(from)..rev_scan_start(to.saturating_add(1))) {
             let (k, v) = item?;
             let Some((rev, tombstone)) = parse_rev_key(&k) else {
                 continue;
             };
+            if let Some(prev_main) = last_main {
+                if prev_main != rev.main && (matched >= max_events || scanned >= max_scanned) {
+                    return Ok(History {
+                        batches: out,
+                        reached: prev_main,
+                    });
+                }
+            }
+            last_main = Some(rev.main);
+            scanned += 1;
             let kv = KeyValue::decode(v.as_ref())?;
             if !range.contains(&kv.key) {
                 continue;
-            }
-            if n >= max_events && out.last().is_some_and(|r| r.revision != rev.main) {
-                break;
             }
             let prev = if prev_kv {
                 previous_value(&st, &values, &kv.key, rev.main)?
@@ -221,9 +244,12 @@ impl KvStore {
                     events: vec![ev],
                 }),
             }
-            n += 1;
+            matched += 1;
         }
-        Ok(out)
+        Ok(History {
+            batches: out,
+            reached: to,
+        })
     }
 
     /// A consistent read-only view of the current state (writes wait while it lives).
@@ -919,6 +945,35 @@ mod tests {
             s.applied_record().unwrap().as_deref(),
             Some(b"applied-3".as_slice())
         );
+    }
+
+    #[test]
+    fn history_passes_are_bounded_and_resume_exactly() {
+        let (_d, s) = store();
+        for i in 0..10 {
+            put(&s, if i % 3 == 0 { "w" } else { "other" }, &format!("v{i}"));
+        }
+        let range = KeyRange::Single(b"w".to_vec());
+        let (current, _) = s.revisions().unwrap();
+        let mut seen = Vec::new();
+        let mut from = 1;
+        let mut passes = 0;
+        while from <= current {
+            let h = s.history(&range, from, current, false, 1000, 2).unwrap();
+            assert!(h.reached >= from, "every pass makes progress");
+            for b in h.batches {
+                assert!(b.revision >= from && b.revision <= h.reached);
+                seen.push(b.revision);
+            }
+            from = h.reached + 1;
+            passes += 1;
+        }
+        assert_eq!(
+            seen,
+            vec![2, 5, 8, 11],
+            "each matching revision exactly once, in order"
+        );
+        assert!(passes >= 5, "scan bound split the work: {passes} passes");
     }
 
     #[test]

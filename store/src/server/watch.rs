@@ -28,6 +28,8 @@ pub struct WatchService(pub Arc<EtcdServer>);
 
 /// Events read from history per backend pass while catching a watcher up.
 const REPLAY_BATCH_EVENTS: usize = 1000;
+/// Records scanned per backend pass (writes wait during a pass).
+const REPLAY_BATCH_SCAN: usize = 10_000;
 /// Responses buffered per stream before the stream task waits for the client.
 const STREAM_BUFFER: usize = 256;
 
@@ -245,12 +247,16 @@ impl WatchSession {
             if w.next_rev > to {
                 return Ok(());
             }
-            let history =
-                self.server
-                    .kv
-                    .history(&w.range, w.next_rev, to, w.prev_kv, REPLAY_BATCH_EVENTS);
-            let batches = match history {
-                Ok(b) => b,
+            let history = self.server.kv.history(
+                &w.range,
+                w.next_rev,
+                to,
+                w.prev_kv,
+                REPLAY_BATCH_EVENTS,
+                REPLAY_BATCH_SCAN,
+            );
+            let history = match history {
+                Ok(h) => h,
                 Err(StoreError::Compacted) => return self.cancel_compacted(id).await,
                 Err(e) => {
                     tracing::error!(error = %e, watch_id = id, "watch history read failed");
@@ -258,20 +264,13 @@ impl WatchSession {
                     return Err(Stop::ClientGone);
                 }
             };
-            let last = batches.last().map(|b| b.revision);
-            let read: usize = batches.iter().map(|b| b.events.len()).sum();
+            let reached = history.reached;
             let mut events = Vec::new();
             if let Some(w) = self.watchers.get(&id) {
-                for b in &batches {
+                for b in &history.batches {
                     events.extend(w.select(&b.events));
                 }
             }
-            // A pass that stopped early resumes after its last revision; a full pass covered everything up to `to`.
-            let reached = match last {
-                // Decided on what history returned, not on what the filters kept.
-                Some(rev) if read >= REPLAY_BATCH_EVENTS => rev,
-                _ => to,
-            };
             if !events.is_empty() {
                 self.send_events(id, to, events).await?;
             }
