@@ -117,6 +117,8 @@ trait TxnView {
     fn read_revision(&self) -> i64;
     fn compacted(&self) -> i64;
     fn has_lease(&self, id: i64) -> bool;
+    /// Executes a Put or DeleteRange of a txn branch.
+    fn write(&mut self, req: Request) -> Result<Response, StoreError>;
 }
 
 impl TxnView for ApplyBatch<'_> {
@@ -138,6 +140,15 @@ impl TxnView for ApplyBatch<'_> {
     fn has_lease(&self, id: i64) -> bool {
         self.state().leases.contains_key(&id)
     }
+    fn write(&mut self, req: Request) -> Result<Response, StoreError> {
+        match req {
+            Request::RequestPut(p) => Ok(Response::ResponsePut(put(self, p)?)),
+            Request::RequestDeleteRange(d) => {
+                Ok(Response::ResponseDeleteRange(delete_range(self, d)?))
+            }
+            _ => Err(StoreError::InvalidArgument("not a write operation".into())),
+        }
+    }
 }
 
 impl TxnView for ReadView<'_> {
@@ -158,6 +169,11 @@ impl TxnView for ReadView<'_> {
     }
     fn has_lease(&self, id: i64) -> bool {
         self.state().leases.contains_key(&id)
+    }
+    fn write(&mut self, _: Request) -> Result<Response, StoreError> {
+        Err(StoreError::InvalidArgument(
+            "a read-only transaction cannot write".into(),
+        ))
     }
 }
 
@@ -183,42 +199,11 @@ pub fn is_read_only(t: &TxnRequest) -> bool {
 }
 
 /// Evaluates a txn that writes nothing against a read view, without replication.
-pub fn read_only_txn(view: &ReadView<'_>, t: TxnRequest) -> Result<TxnResponse, StoreError> {
+pub fn read_only_txn(view: &mut ReadView<'_>, t: TxnRequest) -> Result<TxnResponse, StoreError> {
     let mut path = Vec::new();
     decide_path(view, &t, &mut path)?;
     check_path(view, &t, &path, &mut 0)?;
-    exec_read_txn(view, t, &path, &mut 0)
-}
-
-fn exec_read_txn(
-    v: &ReadView<'_>,
-    t: TxnRequest,
-    path: &[bool],
-    at: &mut usize,
-) -> Result<TxnResponse, StoreError> {
-    let succeeded = path.get(*at).copied().unwrap_or(false);
-    *at += 1;
-    let ops = if succeeded { t.success } else { t.failure };
-    let mut responses = Vec::with_capacity(ops.len());
-    for op in ops {
-        let resp = match op.request {
-            Some(Request::RequestRange(r)) => Response::ResponseRange(range(v, &r)?),
-            Some(Request::RequestTxn(n)) => Response::ResponseTxn(exec_read_txn(v, n, path, at)?),
-            _ => {
-                return Err(StoreError::InvalidArgument(
-                    "a read-only transaction cannot write".into(),
-                ))
-            }
-        };
-        responses.push(ResponseOp {
-            response: Some(resp),
-        });
-    }
-    Ok(TxnResponse {
-        header: header(v.read_revision()),
-        succeeded,
-        responses,
-    })
+    exec_txn(view, t, &path, &mut 0)
 }
 
 fn txn(b: &mut ApplyBatch<'_>, t: TxnRequest) -> Result<TxnResponse, StoreError> {
@@ -285,8 +270,8 @@ fn check_path<V: TxnView + ?Sized>(
     Ok(())
 }
 
-fn exec_txn(
-    b: &mut ApplyBatch<'_>,
+fn exec_txn<V: TxnView + ?Sized>(
+    b: &mut V,
     t: TxnRequest,
     path: &[bool],
     at: &mut usize,
@@ -298,11 +283,8 @@ fn exec_txn(
     for op in ops {
         let resp = match op.request {
             Some(Request::RequestRange(r)) => Response::ResponseRange(range(b, &r)?),
-            Some(Request::RequestPut(p)) => Response::ResponsePut(put(b, p)?),
-            Some(Request::RequestDeleteRange(d)) => {
-                Response::ResponseDeleteRange(delete_range(b, d)?)
-            }
             Some(Request::RequestTxn(n)) => Response::ResponseTxn(exec_txn(b, n, path, at)?),
+            Some(write) => b.write(write)?,
             None => {
                 return Err(StoreError::InvalidArgument(
                     "txn operation without a request".into(),
@@ -505,8 +487,8 @@ mod tests {
             failure: vec![],
         };
         assert!(is_read_only(&t));
-        let view = s.read_view().unwrap();
-        let r = read_only_txn(&view, t).unwrap();
+        let mut view = s.read_view().unwrap();
+        let r = read_only_txn(&mut view, t).unwrap();
         drop(view);
         assert!(r.succeeded);
         assert_eq!(r.header.unwrap().revision, 2);

@@ -76,8 +76,8 @@ impl KvService {
             // Like etcd: a txn that only reads is served from the local replica
             // after a read barrier, without a log entry.
             self.0.read_barrier().await?;
-            let view = self.0.kv.read_view()?;
-            let mut r = crate::apply::read_only_txn(&view, req)?;
+            let mut view = self.0.kv.read_view()?;
+            let mut r = crate::apply::read_only_txn(&mut view, req)?;
             drop(view);
             r.header = self.0.complete(r.header);
             return Ok(r);
