@@ -167,6 +167,15 @@ impl fmt::Display for TargetKind {
     }
 }
 
+/// The two-worker tokio runtime the synchronous fault tests drive their clients on.
+pub fn test_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("tokio runtime: {e}"))
+}
+
 /// Picks `n` distinct free loopback ports by binding `127.0.0.1:0` (all held until every port is chosen).
 pub fn free_ports(n: usize) -> Result<Vec<u16>> {
     let mut held = Vec::with_capacity(n);

@@ -159,11 +159,7 @@ fn start(kind: TargetKind) -> tugboat_testsuite::harness::Result<Box<dyn ServerN
 #[test]
 fn compaction_keeps_disk_usage_bounded() {
     let kind = TargetKind::from_env().unwrap_or_else(|e| panic!("{e}"));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| panic!("tokio runtime: {e}"));
+    let rt = tugboat_testsuite::test_runtime();
     let node = start(kind).unwrap_or_else(|e| panic!("starting {kind}: {e}"));
     let endpoint = node.plain_endpoint();
     let data_dir = node.data_dir().to_path_buf();

@@ -176,11 +176,7 @@ async fn snapshot(endpoint: &str) -> Result<(i64, HashMap<Vec<u8>, (Vec<u8>, i64
 #[test]
 fn acknowledged_writes_survive_kill9() {
     let kind = TargetKind::from_env().unwrap_or_else(|e| panic!("{e}"));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| panic!("tokio runtime: {e}"));
+    let rt = tugboat_testsuite::test_runtime();
     let mut node = start_server(kind).unwrap_or_else(|e| panic!("starting {kind}: {e}"));
     let endpoint = node.plain_endpoint();
 

@@ -307,11 +307,7 @@ fn wait_for_acks(acks: &AtomicU64, target: u64, what: &str) {
 #[test]
 fn watcher_resumes_across_restarts_without_gaps() {
     let kind = TargetKind::from_env().unwrap_or_else(|e| panic!("{e}"));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| panic!("tokio runtime: {e}"));
+    let rt = tugboat_testsuite::test_runtime();
     let mut node = start_server(kind).unwrap_or_else(|e| panic!("starting {kind}: {e}"));
     let endpoint = node.plain_endpoint();
 
