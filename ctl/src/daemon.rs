@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server};
 use tugboat_consensus::{Node, NodeConfig};
-use tugboat_pki::{NodeIdentity, PkiPaths};
+use tugboat_pki::NodeIdentity;
 use tugboat_store::lease::LeaseClock;
 use tugboat_store::machine::StoreMachine;
 use tugboat_store::mvcc::KvStore;
@@ -413,11 +413,6 @@ async fn shutdown_signal() -> &'static str {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     }
-}
-
-/// Paths of a data dir's PKI (for messages and tools).
-pub fn pki_paths(data_dir: &std::path::Path) -> PkiPaths {
-    PkiPaths::new(data_dir)
 }
 
 #[cfg(test)]
