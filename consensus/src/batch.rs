@@ -70,7 +70,7 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Vec<&[u8]>, BatchError> {
 /// One command waiting to be replicated.
 pub(crate) struct Proposal {
     pub(crate) cmd: Vec<u8>,
-    pub(crate) reply: oneshot::Sender<Result<Vec<u8>, ProposeError>>,
+    pub(crate) reply: oneshot::Sender<Result<(u64, Vec<u8>), ProposeError>>,
 }
 
 /// Collects proposals into batches and writes them through raft until the channel closes.
@@ -124,8 +124,9 @@ pub(crate) async fn run_batcher(
             match result {
                 Ok(resp) => match decode(&resp.data.0) {
                     Ok(items) if items.len() == replies.len() => {
+                        let index = resp.log_id.index;
                         for (reply, item) in replies.into_iter().zip(items) {
-                            let _ = reply.send(Ok(item.to_vec()));
+                            let _ = reply.send(Ok((index, item.to_vec())));
                         }
                     }
                     Ok(_) | Err(_) => {

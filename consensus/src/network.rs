@@ -1,6 +1,8 @@
 //! Peer transport: openraft RPCs over tonic gRPC, payloads bincode-encoded (proto/raft_peer.proto).
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
@@ -14,7 +16,7 @@ use openraft::raft::{
 use openraft::RPCTypes;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-use crate::types::{decode, encode, MemberInfo, NodeId, Raft, TypeConfig};
+use crate::types::{decode, encode, MemberInfo, NodeId, TypeConfig};
 
 /// Generated gRPC code of `proto/raft_peer.proto`.
 pub mod pb {
@@ -44,15 +46,46 @@ pub struct PeerNetworkFactory {
     id: NodeId,
     cluster_id: u64,
     tls: Option<ClientTlsConfig>,
+    health: Arc<PeerHealth>,
+}
+
+/// When each peer last answered a raft RPC (the leader's view of follower health).
+#[derive(Debug, Default)]
+pub struct PeerHealth {
+    last_ok: Mutex<HashMap<NodeId, Instant>>,
+}
+
+impl PeerHealth {
+    fn record(&self, id: NodeId) {
+        self.last_ok
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Instant::now());
+    }
+
+    /// Time since `id` last answered, `None` if it never did since this member started.
+    pub fn silent_for(&self, id: NodeId) -> Option<Duration> {
+        self.last_ok
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .map(|t| t.elapsed())
+    }
 }
 
 impl PeerNetworkFactory {
     /// A factory for member `id` of cluster `cluster_id`, using `tls` for https peer URLs.
-    pub fn new(id: NodeId, cluster_id: u64, tls: Option<ClientTlsConfig>) -> PeerNetworkFactory {
+    pub fn new(
+        id: NodeId,
+        cluster_id: u64,
+        tls: Option<ClientTlsConfig>,
+        health: Arc<PeerHealth>,
+    ) -> PeerNetworkFactory {
         PeerNetworkFactory {
             id,
             cluster_id,
             tls,
+            health,
         }
     }
 }
@@ -67,6 +100,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
             target,
             node.clone(),
             self.tls.clone(),
+            self.health.clone(),
         )
     }
 }
@@ -85,7 +119,7 @@ pub struct BadPeerEndpoint {
 #[error("{0}")]
 struct TransportError(String);
 
-fn connect_lazy(url: &str, tls: Option<ClientTlsConfig>) -> Result<Channel, String> {
+pub(crate) fn connect_lazy(url: &str, tls: Option<ClientTlsConfig>) -> Result<Channel, String> {
     let mut endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| e.to_string())?
         .connect_timeout(CONNECT_TIMEOUT)
@@ -105,6 +139,7 @@ pub struct PeerClient {
     target: NodeId,
     node: MemberInfo,
     client: Result<RaftPeerClient<Channel>, BadPeerEndpoint>,
+    health: Arc<PeerHealth>,
 }
 
 impl PeerClient {
@@ -114,6 +149,7 @@ impl PeerClient {
         target: NodeId,
         node: MemberInfo,
         tls: Option<ClientTlsConfig>,
+        health: Arc<PeerHealth>,
     ) -> PeerClient {
         let client = connect_lazy(&node.peer_url, tls)
             .map(|channel| {
@@ -132,6 +168,7 @@ impl PeerClient {
             target,
             node,
             client,
+            health,
         }
     }
 
@@ -189,6 +226,7 @@ impl PeerClient {
             }
             Ok(Ok(reply)) => reply.into_inner(),
         };
+        self.health.record(self.target);
         let result: Result<Resp, RaftError<NodeId, E>> =
             decode(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| {
@@ -256,16 +294,21 @@ fn entry_size_hint(entry: &crate::types::Entry) -> usize {
     }
 }
 
-/// Server side of the peer transport: hands decoded RPCs to the local raft.
+/// Server side of the peer transport: hands decoded RPCs to the local member.
 #[derive(Clone)]
 pub struct PeerService {
-    raft: Raft,
-    cluster_id: u64,
+    node: crate::Node,
+    /// Refuse calls whose connection presented no client certificate (the
+    /// listener lets such connections through for the join service only).
+    require_client_cert: bool,
 }
 
 impl PeerService {
-    pub(crate) fn new(raft: Raft, cluster_id: u64) -> PeerService {
-        PeerService { raft, cluster_id }
+    pub(crate) fn new(node: crate::Node, require_client_cert: bool) -> PeerService {
+        PeerService {
+            node,
+            require_client_cert,
+        }
     }
 
     /// Wraps the service for mounting, with the peer message size limits.
@@ -275,16 +318,21 @@ impl PeerService {
             .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES)
     }
 
-    fn check_cluster(&self, request: &tonic::Request<RaftPayload>) -> Result<(), tonic::Status> {
+    fn check(&self, request: &tonic::Request<RaftPayload>) -> Result<(), tonic::Status> {
+        if self.require_client_cert && request.peer_certs().is_none_or(|certs| certs.is_empty()) {
+            return Err(tonic::Status::unauthenticated(
+                "raft peer calls need a client certificate signed by the cluster CA",
+            ));
+        }
         let Some(value) = request.metadata().get(CLUSTER_ID_HEADER) else {
             return Ok(());
         };
+        let cluster_id = self.node.cluster_id();
         let theirs = value.to_str().ok().and_then(|s| s.parse::<u64>().ok());
         match theirs {
-            Some(id) if id == self.cluster_id => Ok(()),
+            Some(id) if id == cluster_id => Ok(()),
             _ => Err(tonic::Status::failed_precondition(format!(
-                "cluster id mismatch: this member belongs to cluster {:x}",
-                self.cluster_id
+                "cluster id mismatch: this member belongs to cluster {cluster_id:x}"
             ))),
         }
     }
@@ -309,9 +357,17 @@ impl RaftPeer for PeerService {
         &self,
         request: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
-        self.check_cluster(&request)?;
+        self.check(&request)?;
         let req: AppendEntriesRequest<TypeConfig> = decode_request(request)?;
-        let result = self.raft.append_entries(req).await;
+        let result = self.node.raft().append_entries(req).await;
+        if matches!(
+            result,
+            Ok(AppendEntriesResponse::Success
+                | AppendEntriesResponse::PartialSuccess(_)
+                | AppendEntriesResponse::Conflict)
+        ) {
+            self.node.heard_from_leader();
+        }
         encode_reply(&result)
     }
 
@@ -319,9 +375,9 @@ impl RaftPeer for PeerService {
         &self,
         request: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
-        self.check_cluster(&request)?;
+        self.check(&request)?;
         let req: VoteRequest<NodeId> = decode_request(request)?;
-        let result = self.raft.vote(req).await;
+        let result = self.node.raft().vote(req).await;
         encode_reply(&result)
     }
 
@@ -329,9 +385,30 @@ impl RaftPeer for PeerService {
         &self,
         request: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
-        self.check_cluster(&request)?;
+        self.check(&request)?;
         let req: InstallSnapshotRequest<TypeConfig> = decode_request(request)?;
-        let result = self.raft.install_snapshot(req).await;
+        let result = self.node.raft().install_snapshot(req).await;
+        if result.is_ok() {
+            self.node.heard_from_leader();
+        }
         encode_reply(&result)
+    }
+
+    async fn pre_vote(
+        &self,
+        request: tonic::Request<RaftPayload>,
+    ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        self.check(&request)?;
+        let req: crate::forward::PreVoteRequest = decode_request(request)?;
+        encode_reply(&self.node.answer_pre_vote(&req))
+    }
+
+    async fn forward(
+        &self,
+        request: tonic::Request<RaftPayload>,
+    ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        self.check(&request)?;
+        let req: crate::forward::ForwardRequest = decode_request(request)?;
+        encode_reply(&self.node.serve_forwarded(req).await)
     }
 }

@@ -3,7 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, InitializeError, RaftError};
 use openraft::{ChangeMembers, Config, SnapshotPolicy};
@@ -12,8 +13,9 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::error::{ConsensusError, ProposeError};
+use crate::forward::{AppHandler, Forwarder};
 use crate::log_store::{LogStore, META_TREE};
-use crate::network::{PeerNetworkFactory, PeerServer, PeerService};
+use crate::network::{PeerHealth, PeerNetworkFactory, PeerServer, PeerService};
 use crate::snapshot::SnapshotDir;
 use crate::state_machine::{StateMachine, StateMachineAdapter};
 use crate::status::RaftStatus;
@@ -47,6 +49,13 @@ pub struct NodeConfig {
     pub snapshot_every: u64,
     /// Client side of peer mTLS, used for https peer URLs.
     pub peer_tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Refuse peer calls from connections without a client certificate (set when the peer
+    /// listener also admits certificate-less joiners).
+    pub require_peer_cert: bool,
+    /// Most voters the leader keeps (odd; the rest of the store members are standbys).
+    pub max_voters: usize,
+    /// How long a voter may be unreachable before a healthy standby replaces it.
+    pub dead_voter_after: Duration,
 }
 
 impl NodeConfig {
@@ -65,6 +74,9 @@ impl NodeConfig {
             election_timeout_ms: 1000,
             snapshot_every: 10_000,
             peer_tls: None,
+            require_peer_cert: false,
+            max_voters: 3,
+            dead_voter_after: Duration::from_secs(30),
         }
     }
 
@@ -85,6 +97,9 @@ impl NodeConfig {
             // Each chunk RPC, including the last one that waits for the restore, gets this long.
             install_snapshot_timeout: self.election_timeout_ms.saturating_mul(30).max(30_000),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every.max(1)),
+            // Elections are started by `election::run_elections` after a pre-vote round, so a
+            // member that was cut off cannot raise the term and unseat a healthy leader.
+            enable_elect: false,
             snapshot_max_chunk_size: 1024 * 1024,
             // Keep some log behind the snapshot so slightly lagging followers catch up from the log.
             max_in_snapshot_log_to_keep: self.snapshot_every.clamp(1, 1000),
@@ -117,20 +132,44 @@ pub struct Node {
     inner: Arc<NodeInner>,
 }
 
-struct NodeInner {
-    raft: Raft,
-    member_id: NodeId,
-    cluster_id: u64,
-    committed_index: Arc<AtomicU64>,
-    status_rx: watch::Receiver<RaftStatus>,
-    status_task: Mutex<Option<JoinHandle<()>>>,
+pub(crate) struct NodeInner {
+    pub(crate) raft: Raft,
+    pub(crate) member_id: NodeId,
+    pub(crate) cluster_id: u64,
+    pub(crate) committed_index: Arc<AtomicU64>,
+    pub(crate) status_rx: watch::Receiver<RaftStatus>,
+    pub(crate) status_task: Mutex<Option<JoinHandle<()>>>,
     /// Queue of the proposal batcher (see `batch`).
-    proposals: mpsc::UnboundedSender<crate::batch::Proposal>,
-    batcher: Mutex<Option<JoinHandle<()>>>,
+    pub(crate) proposals: mpsc::UnboundedSender<crate::batch::Proposal>,
+    pub(crate) batcher: Mutex<Option<JoinHandle<()>>>,
     /// The thread raft runs on; stopped after raft has shut down.
-    runtime: Mutex<Option<crate::runtime::RaftRuntime>>,
+    pub(crate) runtime: Mutex<Option<crate::runtime::RaftRuntime>>,
     /// Cloned by every storage object (log store, readers, state machine adapter); see `shutdown`.
-    storage_refs: Arc<()>,
+    pub(crate) storage_refs: Arc<()>,
+    /// When each peer last answered this member's raft RPCs.
+    pub(crate) health: Arc<PeerHealth>,
+    /// Channels to the leader for forwarded requests and to voters for pre-votes.
+    pub(crate) forwarder: Forwarder,
+    /// Reference point of `leader_contact_ms`.
+    pub(crate) epoch: Instant,
+    /// Milliseconds after `epoch` when a leader last replicated to this member.
+    pub(crate) leader_contact_ms: AtomicU64,
+    /// Serializes membership changes made by this member as leader.
+    pub(crate) membership_lock: tokio::sync::Mutex<()>,
+    /// Serves application calls forwarded to this member while it leads.
+    pub(crate) app: RwLock<Option<Arc<dyn AppHandler>>>,
+    /// Base election timeout.
+    pub(crate) election_timeout: Duration,
+    /// Heartbeat interval.
+    pub(crate) heartbeat: Duration,
+    /// Role policy: most voters.
+    pub(crate) max_voters: usize,
+    /// Role policy: when a silent voter is replaced.
+    pub(crate) dead_voter_after: Duration,
+    /// The election driver and role keeper.
+    pub(crate) background: Mutex<Vec<JoinHandle<()>>>,
+    /// See [`NodeConfig::require_peer_cert`].
+    pub(crate) require_peer_cert: bool,
 }
 
 fn random_nonzero_id() -> u64 {
@@ -268,7 +307,9 @@ impl Node {
         )?);
         let applied_commands = Arc::new(AtomicU64::new(0));
         let adapter = StateMachineAdapter::new(sm, snapshots, applied_commands.clone())?;
-        let network = PeerNetworkFactory::new(member_id, cluster_id, cfg.peer_tls.clone());
+        let health = Arc::new(PeerHealth::default());
+        let network =
+            PeerNetworkFactory::new(member_id, cluster_id, cfg.peer_tls.clone(), health.clone());
         drop(_enter);
 
         let runtime = crate::runtime::RaftRuntime::start()?;
@@ -299,14 +340,17 @@ impl Node {
             tracing::info!(member = %format!("{member_id:x}"), cluster = %format!("{cluster_id:x}"), "bootstrapped new cluster");
         }
 
+        let lease_ms = cfg.election_timeout_ms.saturating_mul(2);
         let (status_tx, status_rx) = watch::channel(RaftStatus::from_metrics(
             &raft.metrics().borrow(),
             committed_index.load(Ordering::Relaxed),
+            lease_ms,
         ));
         let status_task = tokio::spawn(forward_status(
             raft.metrics(),
             committed_index.clone(),
             status_tx,
+            lease_ms,
         ));
 
         let (proposals, proposal_rx) = mpsc::unbounded_channel();
@@ -325,7 +369,7 @@ impl Node {
             write_error_ref,
         ));
 
-        Ok(Node {
+        let node = Node {
             inner: Arc::new(NodeInner {
                 proposals,
                 batcher: Mutex::new(Some(batcher)),
@@ -337,12 +381,38 @@ impl Node {
                 status_rx,
                 status_task: Mutex::new(Some(status_task)),
                 storage_refs,
+                health,
+                forwarder: Forwarder::new(cluster_id, cfg.peer_tls.clone()),
+                epoch: Instant::now(),
+                leader_contact_ms: AtomicU64::new(0),
+                membership_lock: tokio::sync::Mutex::new(()),
+                app: RwLock::new(None),
+                election_timeout: Duration::from_millis(cfg.election_timeout_ms),
+                heartbeat: Duration::from_millis(cfg.heartbeat_interval_ms),
+                max_voters: cfg.max_voters.max(1),
+                dead_voter_after: cfg.dead_voter_after,
+                background: Mutex::new(Vec::new()),
+                require_peer_cert: cfg.require_peer_cert,
             }),
-        })
+        };
+        let weak = Arc::downgrade(&node.inner);
+        let elections = tokio::spawn(crate::election::run_elections(weak.clone()));
+        let roles = tokio::spawn(crate::roles::run_role_keeper(weak));
+        node.inner
+            .background
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend([elections, roles]);
+        Ok(node)
     }
 
-    /// Replicates a command; returns the state machine's response once applied locally.
-    pub async fn propose(&self, cmd: Vec<u8>) -> Result<Vec<u8>, ProposeError> {
+    pub(crate) fn from_weak(weak: &Weak<NodeInner>) -> Option<Node> {
+        weak.upgrade().map(|inner| Node { inner })
+    }
+
+    /// Replicates a command through the local batcher (leader only); answers the log index that
+    /// carried it and the state machine's response.
+    pub(crate) async fn propose_local(&self, cmd: Vec<u8>) -> Result<(u64, Vec<u8>), ProposeError> {
         let span = tracing::debug_span!("raft_propose", bytes = cmd.len());
         let (reply, rx) = oneshot::channel();
         self.inner
@@ -354,12 +424,11 @@ impl Node {
             .map_err(|_| ProposeError::ShuttingDown)?
     }
 
-    /// Linearizable read barrier (read index): returns when the local machine has applied everything
-    /// committed before the call. Only the leader can serve it.
-    pub async fn read_barrier(&self) -> Result<(), ProposeError> {
-        let span = tracing::debug_span!("raft_read_barrier");
-        match self.inner.raft.ensure_linearizable().instrument(span).await {
-            Ok(_) => Ok(()),
+    /// The leader's read index: reads are linearizable once this member has applied it.
+    pub(crate) async fn read_index_local(&self) -> Result<u64, ProposeError> {
+        let span = tracing::debug_span!("raft_read_index");
+        match self.inner.raft.get_read_log_id().instrument(span).await {
+            Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => match f.leader_id {
                 Some(leader) => Err(ProposeError::NotLeader { leader }),
                 None => Err(ProposeError::NoLeader),
@@ -369,6 +438,71 @@ impl Node {
             }
             Err(RaftError::Fatal(f)) => Err(fatal_error(f)),
         }
+    }
+
+    /// Waits until the local state machine has applied `index`.
+    pub(crate) async fn wait_applied(
+        &self,
+        index: u64,
+        timeout: Duration,
+    ) -> Result<(), ProposeError> {
+        if self.status().applied_index >= index {
+            return Ok(());
+        }
+        self.inner
+            .raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "forwarded request")
+            .await
+            .map(|_| ())
+            .map_err(|e| match e {
+                openraft::metrics::WaitError::ShuttingDown => ProposeError::ShuttingDown,
+                openraft::metrics::WaitError::Timeout(..) => ProposeError::Unavailable(format!(
+                    "this member did not apply index {index} within {timeout:?}"
+                )),
+            })
+    }
+
+    pub(crate) fn inner(&self) -> &NodeInner {
+        &self.inner
+    }
+
+    /// Lease after which a leader that heard no quorum counts itself deposed (milliseconds).
+    fn lease_ms(&self) -> u64 {
+        (self.inner.election_timeout.as_millis() as u64).saturating_mul(2)
+    }
+
+    /// Records that a leader just replicated to this member (pre-vote input).
+    pub(crate) fn heard_from_leader(&self) {
+        let ms = self.inner.epoch.elapsed().as_millis() as u64;
+        self.inner.leader_contact_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long ago a leader last replicated to this member.
+    pub(crate) fn leader_silence(&self) -> Duration {
+        let last = self.inner.leader_contact_ms.load(Ordering::Relaxed);
+        self.inner
+            .epoch
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last))
+    }
+
+    /// When each peer last answered this member's raft RPCs.
+    pub fn peer_health(&self) -> &PeerHealth {
+        &self.inner.health
+    }
+
+    /// Installs the handler for application calls forwarded to the leader.
+    pub fn set_app_handler(&self, handler: Arc<dyn AppHandler>) {
+        *self.inner.app.write().unwrap_or_else(|p| p.into_inner()) = Some(handler);
+    }
+
+    pub(crate) fn app_handler(&self) -> Option<Arc<dyn AppHandler>> {
+        self.inner
+            .app
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// This member's raft id.
@@ -386,6 +520,7 @@ impl Node {
         RaftStatus::from_metrics(
             &self.inner.raft.metrics().borrow(),
             self.inner.committed_index.load(Ordering::Relaxed),
+            self.lease_ms(),
         )
     }
 
@@ -410,7 +545,7 @@ impl Node {
 
     /// The tonic service to mount on the peer listener (raft RPCs: append entries, vote, install snapshot chunks).
     pub fn peer_service(&self) -> PeerServer {
-        PeerService::new(self.inner.raft.clone(), self.inner.cluster_id).into_server()
+        PeerService::new(self.clone(), self.inner.require_peer_cert).into_server()
     }
 
     /// Adds `id` as a learner (leader only) and waits until it has caught up with the log.
@@ -499,6 +634,15 @@ impl Node {
         if let Some(task) = batcher {
             task.abort();
         }
+        for task in self
+            .inner
+            .background
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
         self.inner
             .raft
             .shutdown()
@@ -547,11 +691,13 @@ async fn forward_status(
     mut metrics: watch::Receiver<openraft::RaftMetrics<NodeId, MemberInfo>>,
     committed_index: Arc<AtomicU64>,
     status_tx: watch::Sender<RaftStatus>,
+    lease_ms: u64,
 ) {
     loop {
         let status = RaftStatus::from_metrics(
             &metrics.borrow_and_update(),
             committed_index.load(Ordering::Relaxed),
+            lease_ms,
         );
         status_tx.send_if_modified(|current| {
             let notify = !current.same_topology(&status);

@@ -80,9 +80,12 @@ impl RaftStatus {
             && self.members == other.members
     }
 
+    /// `lease_ms`: a leader that has not heard from a quorum for this long reports itself
+    /// deposed (no leader), since openraft 0.9 keeps an isolated leader in office.
     pub(crate) fn from_metrics(
         metrics: &RaftMetrics<NodeId, MemberInfo>,
         committed_index: u64,
+        lease_ms: u64,
     ) -> RaftStatus {
         let membership = metrics.membership_config.membership();
         let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
@@ -95,16 +98,26 @@ impl RaftStatus {
             })
             .collect();
         let applied_index = metrics.last_applied.map(|l| l.index).unwrap_or(0);
+        let deposed = metrics.state == openraft::ServerState::Leader
+            && voters.len() > 1
+            && metrics
+                .millis_since_quorum_ack
+                .is_none_or(|ms| ms > lease_ms);
+        let (leader, role) = if deposed {
+            (None, RaftRole::Candidate)
+        } else {
+            (metrics.current_leader, metrics.state.into())
+        };
         RaftStatus {
             id: metrics.id,
-            leader: metrics.current_leader,
+            leader,
             term: metrics.current_term,
             // The persisted committed id may lag what has been applied (it is saved lazily).
             committed_index: committed_index.max(applied_index),
             applied_index,
             last_log_index: metrics.last_log_index.unwrap_or(0),
             members,
-            role: metrics.state.into(),
+            role,
             snapshot_index: metrics.snapshot.map(|l| l.index).unwrap_or(0),
         }
     }

@@ -3,10 +3,8 @@
 
 mod common;
 
-use std::collections::BTreeSet;
-
 use common::{wait_for, Member};
-use tugboat_consensus::{Bootstrap, ProposeError};
+use tugboat_consensus::Bootstrap;
 
 const SNAPSHOT_EVERY: u64 = 10;
 
@@ -34,10 +32,12 @@ async fn three_members_replicate_and_learner_installs_snapshot() {
     let c = Member::start("c", &dir("c"), join(0xc), SNAPSHOT_EVERY).await;
     a.node.add_learner(0xb, b.info.clone()).await.unwrap();
     a.node.add_learner(0xc, c.info.clone()).await.unwrap();
-    a.node
-        .change_membership(BTreeSet::from([a_id, 0xb, 0xc]), false)
-        .await
-        .unwrap();
+    // The leader's role keeper promotes the two caught-up learners together (odd voter count).
+    wait_for("b and c to become voters", || {
+        let st = a.node.status();
+        st.members.len() == 3 && st.members.iter().all(|m| m.is_voter)
+    })
+    .await;
 
     let status = a.node.status();
     assert_eq!(status.members.len(), 3);
@@ -62,15 +62,23 @@ async fn three_members_replicate_and_learner_installs_snapshot() {
         assert_eq!(m.node.status().leader, Some(a_id));
     }
 
-    // Only the leader accepts proposals and read barriers.
-    match b.node.propose(b"nope".to_vec()).await {
-        Err(ProposeError::NotLeader { leader }) => assert_eq!(leader, a_id),
-        other => panic!("propose on follower: {other:?}"),
-    }
-    match c.node.read_barrier().await {
-        Err(ProposeError::NotLeader { leader }) => assert_eq!(leader, a_id),
-        other => panic!("read barrier on follower: {other:?}"),
-    }
+    // A follower forwards proposals and read barriers to the leader, and answers only once its
+    // own machine has applied the result.
+    let cmd = b"via-follower".to_vec();
+    let resp = b.node.propose(cmd.clone()).await.unwrap();
+    assert_eq!(resp, cmd.iter().rev().copied().collect::<Vec<u8>>());
+    assert_eq!(
+        b.sm.commands().last(),
+        Some(&cmd),
+        "applied on b before answering"
+    );
+    want.push(cmd);
+    c.node.read_barrier().await.unwrap();
+    assert_eq!(
+        c.sm.commands(),
+        want,
+        "c caught up before its read barrier returned"
+    );
     a.node.read_barrier().await.unwrap();
 
     // With snapshot_every=10 the leader has snapshotted and purged the head of its log, so a new

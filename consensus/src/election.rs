@@ -1,0 +1,112 @@
+//! Elections with a pre-vote round. openraft 0.9 has no pre-vote: a member
+//! cut off from the leader keeps starting elections, raising its term, and
+//! when it comes back the leader sees the higher term and steps down. Here
+//! openraft's own election timer is off; this driver starts an election only
+//! after a majority of every voter configuration answered that they, too,
+//! have not heard from a leader for an election timeout.
+
+use std::collections::BTreeSet;
+use std::sync::Weak;
+use std::time::Duration;
+
+use crate::forward::PreVoteRequest;
+use crate::node::NodeInner;
+use crate::types::NodeId;
+use crate::Node;
+
+/// A random election timeout in `[base, 2 * base)`.
+fn randomized(base: Duration) -> Duration {
+    let base_ms = base.as_millis().max(1) as u64;
+    Duration::from_millis(base_ms + rand::random_range(0..base_ms))
+}
+
+/// Watches for a silent leader and campaigns after a successful pre-vote; ends with the node.
+pub(crate) async fn run_elections(weak: Weak<NodeInner>) {
+    let Some(node) = Node::from_weak(&weak) else {
+        return;
+    };
+    let base = node.inner().election_timeout;
+    let tick = node.inner().heartbeat;
+    drop(node);
+    let mut timeout = randomized(base);
+    loop {
+        tokio::time::sleep(tick).await;
+        let Some(node) = Node::from_weak(&weak) else {
+            return;
+        };
+        if node.status().is_leader() {
+            // A deposed leader waits a full timeout before campaigning again.
+            node.heard_from_leader();
+            continue;
+        }
+        let configs: Vec<BTreeSet<NodeId>> = node
+            .raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_joint_config()
+            .clone();
+        let me = node.member_id();
+        if !configs.iter().any(|c| c.contains(&me)) {
+            continue;
+        }
+        let single_voter = configs.iter().all(|c| c.len() == 1 && c.contains(&me));
+        if !single_voter && node.leader_silence() < timeout {
+            continue;
+        }
+        if single_voter || pre_vote(&node, &configs, base).await {
+            tracing::info!(member = %format!("{me:x}"), "pre-vote granted; starting an election");
+            if node.raft().trigger().elect().await.is_err() {
+                return;
+            }
+        }
+        // Restart the timer whatever happened: the next attempt waits a fresh random timeout.
+        node.heard_from_leader();
+        timeout = randomized(base);
+    }
+}
+
+/// Asks every other voter; true when each configuration has a granting majority (self included).
+async fn pre_vote(node: &Node, configs: &[BTreeSet<NodeId>], base: Duration) -> bool {
+    let me = node.member_id();
+    let others: BTreeSet<NodeId> = configs
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|id| *id != me)
+        .collect();
+    let req = PreVoteRequest { candidate: me };
+    let asks = others.iter().map(|id| {
+        let info = node.member_info(*id);
+        let req = req.clone();
+        async move {
+            let granted = match info {
+                Some(info) => {
+                    node.inner()
+                        .forwarder
+                        .pre_vote(*id, &info, &req, base / 2)
+                        .await
+                }
+                None => false,
+            };
+            (*id, granted)
+        }
+    });
+    let mut granted: BTreeSet<NodeId> = futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .filter_map(|(id, ok)| ok.then_some(id))
+        .collect();
+    granted.insert(me);
+    let ok = configs
+        .iter()
+        .all(|c| c.iter().filter(|id| granted.contains(id)).count() * 2 > c.len());
+    if !ok {
+        tracing::debug!(
+            granted = granted.len(),
+            "pre-vote lost; not starting an election"
+        );
+    }
+    ok
+}
