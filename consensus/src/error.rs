@@ -58,6 +58,9 @@ pub enum ConsensusError {
     /// The node is shutting down or already stopped.
     #[error("raft node is shutting down")]
     ShuttingDown,
+    /// The data directory holds no initialized member (nothing to resume or recover).
+    #[error("not an initialized member: {0}")]
+    NotInitialized(String),
 }
 
 impl From<sled::Error> for ConsensusError {
