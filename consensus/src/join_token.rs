@@ -37,6 +37,9 @@ pub struct TokenRecord {
     pub expires_at: u64,
     /// Remaining uses; `None` = unlimited until expiry.
     pub uses_left: Option<u32>,
+    /// Names of the nodes that used it: the same node may retry its join with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redeemed_by: Vec<String>,
 }
 
 /// Why a token is not accepted.
@@ -136,6 +139,7 @@ impl JoinToken {
             created_at: now,
             expires_at: now.saturating_add(ttl_secs),
             uses_left: uses,
+            redeemed_by: Vec::new(),
         }
     }
 }
@@ -177,6 +181,32 @@ impl TokenRecord {
                 ..self.clone()
             })),
         }
+    }
+
+    /// Like [`TokenRecord::redeem`] for node `name`, keeping the record: a node that already used
+    /// the token may present it again (a retried join) without using it up. Returns the record to
+    /// store, or `None` when nothing changes.
+    pub fn redeem_for(
+        &self,
+        id: &str,
+        secret: &str,
+        name: &str,
+        now: u64,
+    ) -> Result<Option<TokenRecord>, TokenError> {
+        if self.redeemed_by.iter().any(|n| n == name) {
+            // Secret and expiry still apply to a retry.
+            let retry = TokenRecord {
+                uses_left: None,
+                ..self.clone()
+            };
+            retry.redeem(id, secret, now)?;
+            return Ok(None);
+        }
+        self.redeem(id, secret, now)?;
+        let mut next = self.clone();
+        next.uses_left = self.uses_left.map(|n| n.saturating_sub(1));
+        next.redeemed_by.push(name.to_string());
+        Ok(Some(next))
     }
 }
 
@@ -231,6 +261,23 @@ mod tests {
             unlimited.redeem(&t.id, &t.secret, 101).unwrap(),
             Some(unlimited.clone())
         );
+        // Per-node redemption: a retry by the same node is free, another node finds it used up.
+        let single = t.record(100, 60, Some(1));
+        let used = single.redeem_for(&t.id, &t.secret, "b", 110).unwrap().unwrap();
+        assert_eq!(used.uses_left, Some(0));
+        assert_eq!(used.redeem_for(&t.id, &t.secret, "b", 111).unwrap(), None);
+        assert!(matches!(
+            used.redeem_for(&t.id, &t.secret, "c", 111),
+            Err(TokenError::UsedUp(_))
+        ));
+        assert!(matches!(
+            used.redeem_for(&t.id, "00", "b", 111),
+            Err(TokenError::WrongSecret(_))
+        ));
+        assert!(matches!(
+            used.redeem_for(&t.id, &t.secret, "b", 200),
+            Err(TokenError::Expired(_))
+        ));
         let json = serde_json::to_string(&rec).unwrap();
         assert!(json.contains("secretSha256") && json.contains("usesLeft"));
     }

@@ -7,12 +7,15 @@
 #![allow(clippy::result_large_err)]
 
 mod batch;
+mod election;
+pub mod forward;
 mod error;
 pub mod join_token;
 mod log_store;
 pub mod network;
 mod node;
 mod recover;
+mod roles;
 mod runtime;
 mod snapshot;
 mod state_machine;
@@ -20,8 +23,9 @@ mod status;
 mod types;
 
 pub use error::{ConsensusError, ProposeError, StateMachineError};
+pub use forward::{AppHandler, ForwardError};
 pub use log_store::{LogReader, LogStore, LOG_TREE, META_TREE};
-pub use network::{PeerClient, PeerNetworkFactory, PeerServer, PeerService};
+pub use network::{PeerClient, PeerHealth, PeerNetworkFactory, PeerServer, PeerService};
 pub use node::{Bootstrap, Node, NodeConfig};
 pub use recover::{force_new_cluster, RecoverReport};
 pub use snapshot::SnapshotBuilder;

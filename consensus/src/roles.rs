@@ -78,7 +78,7 @@ impl View {
 fn odd_floor(n: usize) -> usize {
     if n == 0 {
         1
-    } else if n % 2 == 0 {
+    } else if n.is_multiple_of(2) {
         n - 1
     } else {
         n
@@ -185,7 +185,7 @@ pub(crate) async fn promote(node: &Node, id: NodeId) -> Result<u64, ForwardError
     }
     let mut voters = view.voters.clone();
     voters.insert(id);
-    if voters.len() % 2 == 0 {
+    if voters.len().is_multiple_of(2) {
         if let Some(partner) = view
             .learners
             .iter()
@@ -195,7 +195,7 @@ pub(crate) async fn promote(node: &Node, id: NodeId) -> Result<u64, ForwardError
             voters.insert(partner);
         }
     }
-    if voters.len() % 2 == 0 || voters.len() > node.inner().max_voters {
+    if voters.len().is_multiple_of(2) || voters.len() > node.inner().max_voters {
         return Err(ForwardError::Rejected(format!(
             "etcdserver: promoting would make {} voters; tugboat keeps an odd number of voters, at most {} (see --max-voters)",
             voters.len(),
@@ -274,7 +274,7 @@ fn desired_voters(
     let alive_members = view.nodes.keys().filter(|id| !dead.contains(id)).count();
     let target = odd_floor(alive_members.min(max_voters));
     while voters.len() < target {
-        let need = if voters.len() % 2 == 0 { 1 } else { 2 };
+        let need = if voters.len().is_multiple_of(2) { 1 } else { 2 };
         if standbys.len() < need {
             break;
         }
@@ -285,7 +285,7 @@ fn desired_voters(
         }
     }
     // Shrink to an odd count within the limit, demoting dead or non-leader voters first.
-    while voters.len() > 1 && (voters.len() % 2 == 0 || voters.len() > max_voters) {
+    while voters.len() > 1 && (voters.len().is_multiple_of(2) || voters.len() > max_voters) {
         let victim = voters
             .iter()
             .copied()
