@@ -92,8 +92,12 @@ impl NodeConfig {
         let config = Config {
             cluster_name: "tugboat".to_string(),
             heartbeat_interval: self.heartbeat_interval_ms,
-            election_timeout_min: self.election_timeout_ms,
-            election_timeout_max: self.election_timeout_ms.saturating_mul(2),
+            // openraft's own election timer is off (see `enable_elect`); these two only set the
+            // leader lease (= the max) during which a member refuses to vote for anyone else. It
+            // must equal the silence after which `election` grants pre-votes, or a pre-vote would
+            // be granted and the real vote then refused.
+            election_timeout_min: self.election_timeout_ms.saturating_sub(1).max(1),
+            election_timeout_max: self.election_timeout_ms.max(2),
             // Each chunk RPC, including the last one that waits for the restore, gets this long.
             install_snapshot_timeout: self.election_timeout_ms.saturating_mul(30).max(30_000),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every.max(1)),

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server};
-use tugboat_consensus::{Node, NodeConfig};
+use tugboat_consensus::{Bootstrap, Node, NodeConfig};
 use tugboat_pki::NodeIdentity;
 use tugboat_store::lease::LeaseClock;
 use tugboat_store::machine::StoreMachine;
@@ -54,6 +54,29 @@ pub struct RunArgs {
     /// Memory budget of the storage engine's page cache, in MiB.
     #[arg(long, default_value_t = 16)]
     pub cache_mb: u64,
+    /// Most voters the cluster keeps (odd: 1, 3, 5, 7); further store members are standbys.
+    #[arg(long, default_value_t = 3)]
+    pub max_voters: usize,
+    /// Standbys (non-voting members with a full copy) kept besides the voters; nodes joining
+    /// beyond voters + standbys become workers, which hold no copy of the store.
+    #[arg(long, default_value_t = 2)]
+    pub standbys: usize,
+    /// Seconds a voter may be unreachable before a healthy standby replaces it.
+    #[arg(long, default_value_t = 30)]
+    pub dead_voter_timeout: u64,
+}
+
+/// Flags of `tugboatd join`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct JoinArgs {
+    /// Peer address (`host:port`) of a member to join through.
+    pub peer: String,
+    /// Join token from `tugboat token create`.
+    #[arg(long, env = "TUGBOAT_JOIN_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Everything `tugboatd run` takes.
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 fn member_name(arg: &Option<String>) -> String {
@@ -73,8 +96,68 @@ fn min_lease_ttl(election_timeout_ms: u64) -> i64 {
     ms.div_ceil(1000).max(1) as i64
 }
 
-/// Runs a member until SIGTERM/SIGINT.
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+/// Flags of `tugboatd recover`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RecoverArgs {
+    /// Data dir of the stopped member to recover.
+    #[arg(long, default_value = "/var/lib/tugboat")]
+    pub data_dir: PathBuf,
+}
+
+/// `tugboatd recover`: turns a stopped member into a new single-voter cluster keeping its data.
+pub fn recover(args: RecoverArgs) -> anyhow::Result<()> {
+    let member = crate::local::read_member_file(&args.data_dir)?;
+    let db_dir = args.data_dir.join("db");
+    if !db_dir.exists() {
+        anyhow::bail!("{} holds no store to recover", args.data_dir.display());
+    }
+    let db = sled::Config::new().path(&db_dir).open().with_context(|| {
+        format!(
+            "opening {} (is the member still running? stop it first)",
+            db_dir.display()
+        )
+    })?;
+    let info = tugboat_consensus::MemberInfo {
+        name: member.name.clone(),
+        peer_url: member.peer_url.clone(),
+        client_urls: vec![member.client_url.clone()],
+    };
+    let report = tugboat_consensus::force_new_cluster(&db, &args.data_dir, info)
+        .context("recovering the member")?;
+    db.flush().context("flushing the database")?;
+    // A recovered member is no longer a joiner waiting for admission.
+    let _ = std::fs::remove_file(args.data_dir.join(crate::join::JOIN_STATE_FILE));
+    println!(
+        "member {} ({:x}) now forms cluster {:x} alone (was {:x}); log up to index {}",
+        member.name,
+        report.member_id,
+        report.new_cluster_id,
+        report.old_cluster_id,
+        report.last_log_index
+    );
+    for (id, name) in &report.removed_members {
+        println!("  dropped member {name} ({id:x}): wipe its data dir and join it again");
+    }
+    println!(
+        "start it with: tugboatd run --data-dir {}",
+        args.data_dir.display()
+    );
+    Ok(())
+}
+
+/// Listeners and identity derived from the flags.
+struct Prepared {
+    name: String,
+    peer_listen: SocketAddr,
+    etcd_listen: SocketAddr,
+    metrics_listen: Option<SocketAddr>,
+    plain_listen: Option<SocketAddr>,
+    peer_adv: SocketAddr,
+    etcd_adv: SocketAddr,
+    identity: NodeIdentity,
+}
+
+fn prepare(args: &RunArgs) -> anyhow::Result<Prepared> {
     let name = member_name(&args.name);
     let peer_listen = listen::parse("--peer-listen", &args.peer_listen)?;
     let etcd_listen = listen::parse("--etcd-listen", &args.etcd_listen)?;
@@ -93,11 +176,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.heartbeat_interval
         );
     }
+    if args.max_voters == 0 || args.max_voters.is_multiple_of(2) || args.max_voters > 7 {
+        anyhow::bail!(
+            "--max-voters must be odd and between 1 and 7 (got {})",
+            args.max_voters
+        );
+    }
+    if args.dead_voter_timeout == 0 {
+        anyhow::bail!("--dead-voter-timeout must be at least 1 second");
+    }
     let peer_adv = listen::advertised(peer_listen, args.advertise_address);
     let etcd_adv = listen::advertised(etcd_listen, args.advertise_address);
-
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let mut ips: Vec<IpAddr> = vec![peer_adv.ip(), etcd_adv.ip()];
     for a in [peer_listen, etcd_listen] {
         if !a.ip().is_unspecified() {
@@ -110,6 +199,71 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         name: name.clone(),
         dns_names: Vec::new(),
         ip_addrs: ips,
+    };
+    Ok(Prepared {
+        name,
+        peer_listen,
+        etcd_listen,
+        metrics_listen,
+        plain_listen,
+        peer_adv,
+        etcd_adv,
+        identity,
+    })
+}
+
+/// `tugboatd join`: exchanges the token for a certificate, then runs as a member (or worker)
+/// and asks to be admitted.
+pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
+    let prepared = prepare(&args.run)?;
+    let data_dir = &args.run.data_dir;
+    if data_dir.join("db").exists() || crate::join::read_state(data_dir)?.is_some() {
+        anyhow::bail!(
+            "{} already holds a member; start it with `tugboatd run --data-dir {}`",
+            data_dir.display(),
+            data_dir.display()
+        );
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let joined =
+        crate::join::exchange_token(data_dir, &args.peer, &args.token, &prepared.identity).await;
+    if let Err(e) = joined {
+        // Nothing was added to the cluster: leave no half-prepared data dir behind either.
+        let _ = std::fs::remove_dir_all(data_dir.join("pki"));
+        let _ = std::fs::remove_file(data_dir.join(crate::join::JOIN_STATE_FILE));
+        return Err(e);
+    }
+    run(args.run).await
+}
+
+/// Runs a member until SIGTERM/SIGINT: bootstraps a new cluster on an empty data dir, resumes
+/// otherwise, and finishes an interrupted join.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let Prepared {
+        name,
+        peer_listen,
+        etcd_listen,
+        metrics_listen,
+        plain_listen,
+        peer_adv,
+        etcd_adv,
+        identity,
+    } = prepare(&args)?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    let joined = crate::join::read_state(&args.data_dir)?;
+    if let Some(state) = &joined {
+        if state.role == crate::join::server::ROLE_WORKER {
+            return crate::worker::run(&args, &name, state.clone()).await;
+        }
+    }
+    let bootstrap = match &joined {
+        Some(state) => Bootstrap::Join {
+            member_id: state.member_id,
+            cluster_id: state.cluster_id,
+        },
+        None => Bootstrap::NewCluster,
     };
     let pki = tugboat_pki::ensure_node_pki(&args.data_dir, &identity)
         .context("preparing certificates")?;
@@ -134,7 +288,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     ));
 
     let peer_tls = tugboat_pki::load_peer_tls(&pki)?;
-    let node = Node::open(
+    let node = Node::open_with(
         NodeConfig {
             name: name.clone(),
             data_dir: args.data_dir.clone(),
@@ -148,9 +302,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     .ca_certificate(Certificate::from_pem(&peer_tls.ca_pem))
                     .identity(Identity::from_pem(&peer_tls.cert_pem, &peer_tls.key_pem)),
             ),
+            require_peer_cert: true,
+            max_voters: args.max_voters,
+            dead_voter_after: Duration::from_secs(args.dead_voter_timeout),
         },
         db.clone(),
         machine,
+        bootstrap,
     )
     .await
     .context("starting raft")?;
@@ -188,8 +346,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
 
     let server_tls = tugboat_pki::load_server_tls(&pki)?;
-    let etcd_tls = tls_acceptor(&server_tls).context("etcd listener TLS setup")?;
-    let peer_server_tls = tls_acceptor(&peer_tls).context("peer listener TLS setup")?;
+    let etcd_tls =
+        tls_acceptor(&server_tls, ClientAuth::Required).context("etcd listener TLS setup")?;
+    // Joiners have no certificate yet: the peer listener lets them reach the join service, and
+    // every other call there checks for a client certificate itself. The CA goes along with the
+    // peer certificate so joiners can match it against their token's fingerprint.
+    let peer_server_tls = tls_acceptor(&peer_tls, ClientAuth::OptionalWithChain)
+        .context("peer listener TLS setup")?;
 
     let etcd_routes = services(server.clone()).routes();
     let listener = bind(etcd_listen).await?;
@@ -219,13 +382,34 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ));
     }
     let listener = bind(peer_listen).await?;
+    let join_service = crate::join::server::JoinService::new(
+        server.clone(),
+        args.data_dir.clone(),
+        crate::join::server::RolePolicy {
+            max_voters: args.max_voters,
+            standbys: args.standbys,
+        },
+    );
     tasks.spawn(serve(
         "raft peers (mTLS)",
-        tonic::service::Routes::new(node.peer_service()),
+        tonic::service::Routes::new(node.peer_service()).add_service(join_service),
         listener,
         Some(peer_server_tls),
         stop_rx.clone(),
     ));
+    if matches!(&joined, Some(state) if !state.admitted) {
+        let data_dir = args.data_dir.clone();
+        let name = name.clone();
+        let peer_url = listen::url("https", peer_adv);
+        let client_urls = vec![listen::url("https", etcd_adv)];
+        tasks.spawn(async move {
+            crate::join::admit(&data_dir, &name, Some(peer_url), client_urls).await?;
+            // Stay in the task set like the listeners: admission is done, wait for shutdown.
+            std::future::pending::<()>().await;
+            Ok(())
+        });
+    }
+    tasks.spawn(watch_removal(node.clone()));
 
     let signal = shutdown_signal();
     tokio::pin!(signal);
@@ -262,6 +446,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Ends with an error when this member is removed from the cluster, as etcd members stop
+/// when removed: it gets no more entries and must not campaign on a stale view.
+async fn watch_removal(node: Node) -> anyhow::Result<()> {
+    let mut status = node.subscribe();
+    let mut seen_self = false;
+    loop {
+        let current = status.borrow_and_update().clone();
+        let present = current.members.iter().any(|m| m.id == node.member_id());
+        if present {
+            seen_self = true;
+        } else if seen_self && !current.members.is_empty() {
+            anyhow::bail!(
+                "this member ({:x}) was removed from the cluster; wipe its data dir before it joins again",
+                node.member_id()
+            );
+        }
+        if status.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
 async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr)
         .await
@@ -273,8 +479,20 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Accepted connections waiting for tonic to pick them up.
 const ACCEPT_QUEUE: usize = 64;
 
-/// A rustls acceptor requiring client certificates signed by the cluster CA.
-fn tls_acceptor(files: &tugboat_pki::TlsFiles) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+/// How a TLS listener treats client certificates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ClientAuth {
+    /// A certificate signed by the cluster CA is required.
+    Required,
+    /// Verified when presented, but optional; the CA certificate is sent with ours.
+    OptionalWithChain,
+}
+
+/// A rustls acceptor checking client certificates against the cluster CA.
+fn tls_acceptor(
+    files: &tugboat_pki::TlsFiles,
+    auth: ClientAuth,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -285,15 +503,25 @@ fn tls_acceptor(files: &tugboat_pki::TlsFiles) -> anyhow::Result<tokio_rustls::T
             .add(ca.context("parsing the CA certificate")?)
             .context("adding the CA certificate")?;
     }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+    let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
         provider.clone(),
-    )
-    .build()
-    .context("building the client certificate verifier")?;
-    let chain = CertificateDer::pem_slice_iter(&files.cert_pem)
+    );
+    let builder = match auth {
+        ClientAuth::Required => builder,
+        ClientAuth::OptionalWithChain => builder.allow_unauthenticated(),
+    };
+    let verifier = builder
+        .build()
+        .context("building the client certificate verifier")?;
+    let mut chain = CertificateDer::pem_slice_iter(&files.cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .context("parsing the server certificate")?;
+    if auth == ClientAuth::OptionalWithChain {
+        for ca in CertificateDer::pem_slice_iter(&files.ca_pem) {
+            chain.push(ca.context("parsing the CA certificate")?);
+        }
+    }
     let key = PrivateKeyDer::from_pem_slice(&files.key_pem).context("parsing the server key")?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -400,7 +628,7 @@ async fn accept_loop<IO, H>(
     }
 }
 
-async fn shutdown_signal() -> &'static str {
+pub(crate) async fn shutdown_signal() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

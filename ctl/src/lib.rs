@@ -4,9 +4,11 @@
 
 pub mod authority;
 pub mod daemon;
+pub mod join;
 pub mod listen;
 pub mod local;
 pub mod logging;
 pub mod metrics;
 pub mod nodes;
 pub mod token;
+pub mod worker;

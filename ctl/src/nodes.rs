@@ -1,12 +1,13 @@
-//! `tugboat node list`: every member with its role, addresses, health and
-//! raft position, as each member reports it itself.
+//! `tugboat node list|remove`: every member with its role, addresses, health
+//! and raft position, as each member reports it itself, plus the workers;
+//! removing a member goes through the leader (MemberRemove).
 
 use crate::local::{admin_channel, admin_channel_to};
 use anyhow::Context;
 use std::path::Path;
 use tugboat_store::pb::etcdserverpb::{
-    cluster_client::ClusterClient, maintenance_client::MaintenanceClient, MemberListRequest,
-    StatusRequest,
+    cluster_client::ClusterClient, kv_client::KvClient, maintenance_client::MaintenanceClient,
+    DeleteRangeRequest, MemberListRequest, MemberRemoveRequest, RangeRequest, StatusRequest,
 };
 
 /// One row of `tugboat node list`.
@@ -14,7 +15,7 @@ use tugboat_store::pb::etcdserverpb::{
 pub struct NodeRow {
     /// Member name.
     pub name: String,
-    /// `voter`, `standby` (raft learner) or, later, `worker`.
+    /// `voter`, `standby` (raft learner) or `worker`.
     pub role: &'static str,
     /// Whether this member leads.
     pub leader: bool,
@@ -31,7 +32,7 @@ pub struct NodeRow {
 /// Lists the members, asking each one for its status.
 pub async fn list(data_dir: &Path) -> anyhow::Result<Vec<NodeRow>> {
     let (_, channel) = admin_channel(data_dir).await?;
-    let resp = ClusterClient::new(channel)
+    let resp = ClusterClient::new(channel.clone())
         .member_list(MemberListRequest { linearizable: true })
         .await
         .context("listing members")?
@@ -70,7 +71,91 @@ pub async fn list(data_dir: &Path) -> anyhow::Result<Vec<NodeRow>> {
             raft,
         });
     }
+    rows.extend(workers(&channel).await?);
     Ok(rows)
+}
+
+/// Registered workers, healthy while their heartbeat lease lives.
+async fn workers(channel: &tonic::transport::Channel) -> anyhow::Result<Vec<NodeRow>> {
+    use crate::join::server::{WorkerRecord, WORKER_KEY_PREFIX};
+    use crate::worker::HEARTBEAT_KEY_PREFIX;
+    let mut kv = KvClient::new(channel.clone());
+    let list = |prefix: &str| RangeRequest {
+        key: prefix.as_bytes().to_vec(),
+        // The prefixes end in '/', so bumping the last byte ends the range.
+        range_end: {
+            let mut end = prefix.as_bytes().to_vec();
+            if let Some(last) = end.last_mut() {
+                *last += 1;
+            }
+            end
+        },
+        ..Default::default()
+    };
+    let records = kv
+        .range(list(WORKER_KEY_PREFIX))
+        .await
+        .context("listing workers")?
+        .into_inner()
+        .kvs;
+    let beats: std::collections::BTreeSet<Vec<u8>> = kv
+        .range(list(HEARTBEAT_KEY_PREFIX))
+        .await
+        .context("listing worker heartbeats")?
+        .into_inner()
+        .kvs
+        .into_iter()
+        .map(|kv| kv.key[HEARTBEAT_KEY_PREFIX.len()..].to_vec())
+        .collect();
+    let mut rows = Vec::new();
+    for kv in records {
+        let Ok(w) = serde_json::from_slice::<WorkerRecord>(&kv.value) else {
+            continue;
+        };
+        let alive = beats.contains(w.name.as_bytes());
+        rows.push(NodeRow {
+            name: w.name,
+            role: "worker",
+            leader: false,
+            peer_url: "-".into(),
+            client_url: "-".into(),
+            health: if alive { "healthy" } else { "no heartbeat" }.into(),
+            raft: None,
+        });
+    }
+    Ok(rows)
+}
+
+/// Removes the member or worker called `name`.
+pub async fn remove(data_dir: &Path, name: &str) -> anyhow::Result<String> {
+    let (_, channel) = admin_channel(data_dir).await?;
+    let members = ClusterClient::new(channel.clone())
+        .member_list(MemberListRequest { linearizable: true })
+        .await
+        .context("listing members")?
+        .into_inner()
+        .members;
+    if let Some(m) = members.iter().find(|m| m.name == name) {
+        ClusterClient::new(channel)
+            .member_remove(MemberRemoveRequest { id: m.id })
+            .await
+            .map_err(|s| anyhow::anyhow!("removing {name}: {}", s.message()))?;
+        return Ok(format!("removed member {name} ({:x})", m.id));
+    }
+    let key = format!("{}{name}", crate::join::server::WORKER_KEY_PREFIX);
+    let deleted = KvClient::new(channel)
+        .delete_range(DeleteRangeRequest {
+            key: key.into_bytes(),
+            ..Default::default()
+        })
+        .await
+        .context("removing the worker record")?
+        .into_inner()
+        .deleted;
+    if deleted == 0 {
+        anyhow::bail!("no member or worker is called {name:?}");
+    }
+    Ok(format!("removed worker {name}"))
 }
 
 /// A table of members for humans.

@@ -749,6 +749,25 @@ pub fn cert_fingerprint(pem: &[u8]) -> Result<String, PkiError> {
     Ok(hex::encode(Sha256::digest(der)))
 }
 
+/// A DER certificate as PEM text.
+pub fn cert_der_to_pem(der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
+}
+
+/// The subject common name of a DER certificate (a node's name in its peer certificate).
+pub fn cert_common_name(der: &[u8]) -> Result<String, PkiError> {
+    let bad = |reason: String| bad_file(Path::new("<peer certificate>"), reason);
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| bad(e.to_string()))?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .ok_or_else(|| bad("no common name".to_string()))?;
+    cn.as_str()
+        .map(str::to_string)
+        .map_err(|e| bad(format!("common name is not a string: {e}")))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Joining
 

@@ -233,6 +233,21 @@ pub fn tugboatd_bin() -> Result<PathBuf> {
     }
 }
 
+/// The `tugboat` CLI next to `tugboatd`.
+pub fn tugboat_cli_bin() -> Result<PathBuf> {
+    let daemon = tugboatd_bin()?;
+    let path = daemon.with_file_name("tugboat");
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(HarnessError::MissingBinary {
+            what: "tugboat",
+            path,
+            hint: "run `cargo build --workspace --bins` first".into(),
+        })
+    }
+}
+
 fn require_binary(path: &str, what: &'static str, package: &str) -> Result<PathBuf> {
     let p = PathBuf::from(path);
     if p.is_file() {
@@ -554,6 +569,18 @@ pub struct TugboatOptions {
     pub env: Vec<(String, String)>,
     /// Deadline for `endpoint health` after each (re)start.
     pub ready_timeout: Duration,
+    /// Join an existing cluster on the first start (`tugboatd join PEER --token TOKEN`); later
+    /// starts are `tugboatd run` on the same data dir.
+    pub join: Option<JoinSpec>,
+}
+
+/// Where and how a node joins.
+#[derive(Debug, Clone)]
+pub struct JoinSpec {
+    /// Peer address of a member (`host:port`).
+    pub peer: String,
+    /// Token from `tugboat token create`.
+    pub token: String,
 }
 
 impl Default for TugboatOptions {
@@ -563,6 +590,7 @@ impl Default for TugboatOptions {
             extra_args: Vec::new(),
             env: Vec::new(),
             ready_timeout: DEFAULT_READY_TIMEOUT,
+            join: None,
         }
     }
 }
@@ -602,6 +630,8 @@ struct ManagedProcess {
     ready_timeout: Duration,
     child: Option<Child>,
     starts: u32,
+    // Arguments of the first start only (a join); later starts use `args`.
+    first_args: Option<Vec<String>>,
     // What a clean SIGTERM shutdown looks like for this implementation.
     clean_exit: fn(&ExitStatus) -> bool,
 }
@@ -622,7 +652,11 @@ impl ManagedProcess {
         .map_err(io_err("writing log header"))?;
         let log_err = log.try_clone().map_err(io_err("cloning log handle"))?;
         let mut cmd = Command::new(&self.bin);
-        cmd.args(&self.args)
+        let args = match self.first_args.take() {
+            Some(first) => first,
+            None => self.args.clone(),
+        };
+        cmd.args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err));
@@ -816,6 +850,16 @@ impl TugboatNode {
             format!("127.0.0.1:{}", ports[3]),
         ];
         args.extend(opts.extra_args.iter().cloned());
+        let first_args = opts.join.as_ref().map(|j| {
+            let mut first = vec![
+                "join".to_string(),
+                j.peer.clone(),
+                "--token".into(),
+                j.token.clone(),
+            ];
+            first.extend(args.iter().skip(1).cloned());
+            first
+        });
         let mut node = TugboatNode {
             proc: ManagedProcess {
                 name: format!("tugboatd {}", opts.name),
@@ -829,6 +873,7 @@ impl TugboatNode {
                 ready_timeout: opts.ready_timeout,
                 child: None,
                 starts: 0,
+                first_args,
                 clean_exit: ExitStatus::success,
             },
             peer_addr,
@@ -916,6 +961,37 @@ impl TugboatNode {
         Etcdctl::plain(self.plain_endpoint())
     }
 
+    /// Runs the `tugboat` CLI against this node's data dir, e.g. `["token", "create"]`.
+    pub fn cli(&self, args: &[&str]) -> Result<CmdOutput> {
+        let bin = tugboat_cli_bin()?;
+        let out = Command::new(&bin)
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .env("NO_COLOR", "1")
+            .output()
+            .map_err(io_err(format!("running {}", bin.display())))?;
+        Ok(CmdOutput {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    /// A fresh join token from this node (`tugboat token create`).
+    pub fn create_token(&self, extra: &[&str]) -> Result<String> {
+        let mut args = vec!["token", "create"];
+        args.extend_from_slice(extra);
+        let out = self.cli(&args)?;
+        if !out.success() {
+            return Err(HarnessError::Io {
+                context: "tugboat token create".into(),
+                source: std::io::Error::other(out.stderr),
+            });
+        }
+        Ok(out.stdout.trim().to_string())
+    }
+
     /// etcdctl over the mutual-TLS endpoint with the admin certificate.
     pub fn etcdctl_tls(&self) -> Etcdctl {
         Etcdctl::tls(self.tls_endpoint(), self.tls_files())
@@ -981,6 +1057,7 @@ impl EtcdNode {
                 ready_timeout: opts.ready_timeout,
                 child: None,
                 starts: 0,
+                first_args: None,
                 clean_exit: etcd_clean_exit,
             },
             peer_url,

@@ -34,6 +34,14 @@ enum NodeAction {
         #[arg(long, default_value = "/var/lib/tugboat")]
         data_dir: PathBuf,
     },
+    /// Remove a member (or worker) from the cluster by name.
+    Remove {
+        /// The node's name.
+        name: String,
+        /// Data dir of the local member.
+        #[arg(long, default_value = "/var/lib/tugboat")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -71,6 +79,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node {
             action: NodeAction::List { data_dir },
         } => print!("{}", nodes::render(&nodes::list(&data_dir).await?)),
+        Command::Node {
+            action: NodeAction::Remove { name, data_dir },
+        } => println!("{}", nodes::remove(&data_dir, &name).await?),
         Command::Token { action } => match action {
             TokenAction::Create {
                 ttl,

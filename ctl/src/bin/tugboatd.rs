@@ -1,7 +1,7 @@
 //! `tugboatd`: the Tugboat daemon.
 
 use clap::{Parser, Subcommand};
-use tugboat_ctl::daemon::{self, RunArgs};
+use tugboat_ctl::daemon::{self, JoinArgs, RecoverArgs, RunArgs};
 use tugboat_ctl::logging::{self, LogFormat};
 
 /// Tugboat: declarative virtual machines on one binary per host.
@@ -19,6 +19,11 @@ struct Cli {
 enum Command {
     /// Run a member: bootstrap a new cluster on an empty data dir, resume otherwise.
     Run(RunArgs),
+    /// Join an existing cluster through one of its members, then run.
+    Join(JoinArgs),
+    /// After losing quorum: make this (stopped) member a new single-voter cluster that keeps
+    /// its data. Old members must be wiped and joined again.
+    Recover(RecoverArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -43,6 +48,8 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => daemon::run(args).await,
+            Command::Join(args) => daemon::join(args).await,
+            Command::Recover(args) => daemon::recover(args),
         }
     });
     match result {

@@ -1,5 +1,6 @@
 //! etcdserverpb.Cluster: membership as raft knows it. Members join with
-//! `tugboatd join` and a token, never by MemberAdd.
+//! `tugboatd join` and a token, never by MemberAdd; removal and promotion go
+//! through the leader, which keeps the voter count odd.
 
 use super::EtcdServer;
 use crate::pb::etcdserverpb::{
@@ -9,6 +10,7 @@ use crate::pb::etcdserverpb::{
 };
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
+use tugboat_consensus::ForwardError;
 
 /// The Cluster service.
 pub struct ClusterService(pub Arc<EtcdServer>);
@@ -35,6 +37,20 @@ impl ClusterService {
     }
 }
 
+/// A failed membership change as etcd reports it.
+fn membership_status(e: ForwardError) -> Status {
+    match e {
+        ForwardError::Rejected(m) if m.contains("member not found") => Status::not_found(m),
+        ForwardError::Rejected(m) => Status::failed_precondition(m),
+        ForwardError::NotLeader { .. } => crate::error::StoreError::NoLeader.into(),
+        ForwardError::ShuttingDown => crate::error::StoreError::Stopped.into(),
+        ForwardError::Unavailable(_) | ForwardError::Transport(_) => {
+            Status::unavailable("etcdserver: request timed out")
+        }
+        ForwardError::Fatal(m) => Status::internal(format!("etcdserver: {m}")),
+    }
+}
+
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(
@@ -48,11 +64,19 @@ impl Cluster for ClusterService {
 
     async fn member_remove(
         &self,
-        _: Request<MemberRemoveRequest>,
+        request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(Status::unimplemented(
-            "etcdserver: member removal is not available on a single-member tugboat cluster",
-        ))
+        self.0.check_leader(&request)?;
+        let id = request.into_inner().id;
+        self.0
+            .raft
+            .remove_member(id)
+            .await
+            .map_err(membership_status)?;
+        Ok(Response::new(MemberRemoveResponse {
+            header: self.0.header(self.rev()),
+            members: self.members(),
+        }))
     }
 
     async fn member_update(
@@ -80,10 +104,18 @@ impl Cluster for ClusterService {
 
     async fn member_promote(
         &self,
-        _: Request<MemberPromoteRequest>,
+        request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(Status::unimplemented(
-            "etcdserver: learner promotion is not available on a single-member tugboat cluster",
-        ))
+        self.0.check_leader(&request)?;
+        let id = request.into_inner().id;
+        self.0
+            .raft
+            .promote_member(id)
+            .await
+            .map_err(membership_status)?;
+        Ok(Response::new(MemberPromoteResponse {
+            header: self.0.header(self.rev()),
+            members: self.members(),
+        }))
     }
 }

@@ -97,19 +97,15 @@ impl Lease for LeaseService {
                         break;
                     }
                 };
-                let status = server.raft.status();
-                let resp = if status.leader != Some(status.id) {
-                    Err(StoreError::NotLeader.into())
-                } else {
+                // An unknown lease answers TTL 0, which clients report as "not found".
+                let resp = server.renew_lease(req.id).await.map(|ttl| {
                     let rev = server.kv.revisions().map(|r| r.0).unwrap_or(0);
-                    // An unknown lease answers TTL 0, which clients report as "not found".
-                    let ttl = server.leases.renew(req.id).unwrap_or(0);
-                    Ok(LeaseKeepAliveResponse {
+                    LeaseKeepAliveResponse {
                         header: server.header(rev),
                         id: req.id,
                         ttl,
-                    })
-                };
+                    }
+                });
                 if tx.send(resp).await.is_err() {
                     break;
                 }
@@ -125,15 +121,12 @@ impl Lease for LeaseService {
         self.0.check_leader(&request)?;
         let req = request.into_inner();
         self.0.read_barrier().await?;
+        let remaining = self.0.lease_remaining(req.id).await?;
         let st = self.0.kv.read()?;
         let rev = st.current;
         let resp = match st.leases.get(&req.id) {
             Some(lease) => {
-                let (left, granted) = self
-                    .0
-                    .leases
-                    .remaining(req.id)
-                    .unwrap_or((lease.ttl, lease.ttl));
+                let (left, granted) = remaining.unwrap_or((lease.ttl, lease.ttl));
                 LeaseTimeToLiveResponse {
                     header: self.0.header(rev),
                     id: req.id,

@@ -3,6 +3,7 @@
 mod auth;
 mod cluster;
 mod kv;
+mod leader_calls;
 mod lease;
 mod maintenance;
 pub mod metrics;
@@ -88,13 +89,15 @@ impl EtcdServer {
         raft: Node,
         cfg: ServerConfig,
     ) -> Arc<Self> {
-        Arc::new(EtcdServer {
+        let server = Arc::new(EtcdServer {
             kv,
             leases,
             raft,
             cfg,
             metrics: metrics::Metrics::default(),
-        })
+        });
+        server.install_leader_calls();
+        server
     }
 
     /// The response header at `revision`.
