@@ -81,22 +81,33 @@ async fn pre_vote(node: &Node, configs: &[BTreeSet<NodeId>], base: Duration) -> 
         let info = node.member_info(*id);
         let req = req.clone();
         async move {
-            let granted = match info {
+            let answer = match info {
                 Some(info) => {
                     node.inner()
                         .forwarder
                         .pre_vote(*id, &info, &req, base / 2)
                         .await
                 }
-                None => false,
+                None => None,
             };
-            (*id, granted)
+            (*id, answer)
         }
     });
-    let mut granted: BTreeSet<NodeId> = futures::future::join_all(asks)
-        .await
+    let answers = futures::future::join_all(asks).await;
+    let disowned = answers
+        .iter()
+        .filter(|(_, a)| a.as_ref().is_some_and(|a| !a.member))
+        .count();
+    if disowned * 2 > others.len() {
+        tracing::warn!("a majority of the other voters no longer counts this member in");
+        node.inner()
+            .removed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        return false;
+    }
+    let mut granted: BTreeSet<NodeId> = answers
         .into_iter()
-        .filter_map(|(id, ok)| ok.then_some(id))
+        .filter_map(|(id, a)| a.is_some_and(|a| a.granted).then_some(id))
         .collect();
     granted.insert(me);
     let ok = configs

@@ -197,6 +197,8 @@ pub(crate) struct PreVoteRequest {
 pub(crate) struct PreVoteResponse {
     /// True when the receiver has not heard from a leader for an election timeout.
     pub(crate) granted: bool,
+    /// False when the candidate is not in the receiver's membership (it was removed).
+    pub(crate) member: bool,
 }
 
 impl Forwarder {
@@ -207,23 +209,17 @@ impl Forwarder {
         info: &MemberInfo,
         req: &PreVoteRequest,
         timeout: Duration,
-    ) -> bool {
-        let Ok(mut client) = self.client(target, info) else {
-            return false;
-        };
-        let Ok(data) = encode(req) else {
-            return false;
-        };
+    ) -> Option<PreVoteResponse> {
+        let mut client = self.client(target, info).ok()?;
+        let data = encode(req).ok()?;
         let mut request = tonic::Request::new(RaftPayload { data });
         request.set_timeout(timeout);
         if let Ok(value) = self.cluster_id.to_string().parse() {
             request.metadata_mut().insert(CLUSTER_ID_HEADER, value);
         }
         match tokio::time::timeout(timeout, client.pre_vote(request)).await {
-            Ok(Ok(reply)) => decode::<PreVoteResponse>(&reply.into_inner().data)
-                .map(|r| r.granted)
-                .unwrap_or(false),
-            _ => false,
+            Ok(Ok(reply)) => decode::<PreVoteResponse>(&reply.into_inner().data).ok(),
+            _ => None,
         }
     }
 }
@@ -395,6 +391,14 @@ impl Node {
         self.membership_change(ForwardRequest::Promote { id }).await
     }
 
+    /// True once a majority of the other voters answered that this member is no longer in
+    /// their membership: it was removed while it could not learn so from the log.
+    pub fn was_removed(&self) -> bool {
+        self.inner()
+            .removed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Removes member `id` (voter or learner) from the cluster.
     pub async fn remove_member(&self, id: NodeId) -> Result<(), ForwardError> {
         self.membership_change(ForwardRequest::Remove { id }).await
@@ -453,10 +457,12 @@ impl Node {
     /// timeout itself, and never by a leader.
     pub(crate) fn answer_pre_vote(&self, req: &PreVoteRequest) -> PreVoteResponse {
         let status = self.status();
-        let granted = !status.is_leader()
+        let member = status.members.iter().any(|m| m.id == req.candidate);
+        let granted = member
+            && !status.is_leader()
             && req.candidate != self.member_id()
             && self.leader_silence() >= self.inner().election_timeout;
-        PreVoteResponse { granted }
+        PreVoteResponse { granted, member }
     }
 }
 

@@ -263,7 +263,10 @@ mod tests {
         );
         // Per-node redemption: a retry by the same node is free, another node finds it used up.
         let single = t.record(100, 60, Some(1));
-        let used = single.redeem_for(&t.id, &t.secret, "b", 110).unwrap().unwrap();
+        let used = single
+            .redeem_for(&t.id, &t.secret, "b", 110)
+            .unwrap()
+            .unwrap();
         assert_eq!(used.uses_left, Some(0));
         assert_eq!(used.redeem_for(&t.id, &t.secret, "b", 111).unwrap(), None);
         assert!(matches!(

@@ -8,8 +8,8 @@
 
 mod batch;
 mod election;
-pub mod forward;
 mod error;
+pub mod forward;
 pub mod join_token;
 mod log_store;
 pub mod network;

@@ -174,6 +174,8 @@ pub(crate) struct NodeInner {
     pub(crate) background: Mutex<Vec<JoinHandle<()>>>,
     /// See [`NodeConfig::require_peer_cert`].
     pub(crate) require_peer_cert: bool,
+    /// Set when the other voters answered that this member was removed.
+    pub(crate) removed: std::sync::atomic::AtomicBool,
 }
 
 fn random_nonzero_id() -> u64 {
@@ -397,6 +399,7 @@ impl Node {
                 dead_voter_after: cfg.dead_voter_after,
                 background: Mutex::new(Vec::new()),
                 require_peer_cert: cfg.require_peer_cert,
+                removed: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         let weak = Arc::downgrade(&node.inner);

@@ -402,14 +402,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let name = name.clone();
         let peer_url = listen::url("https", peer_adv);
         let client_urls = vec![listen::url("https", etcd_adv)];
+        let mut stop = stop_rx.clone();
         tasks.spawn(async move {
-            crate::join::admit(&data_dir, &name, Some(peer_url), client_urls).await?;
+            tokio::select! {
+                done = crate::join::admit(&data_dir, &name, Some(peer_url), client_urls) => done?,
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+            }
             // Stay in the task set like the listeners: admission is done, wait for shutdown.
-            std::future::pending::<()>().await;
+            let _ = stop.wait_for(|s| *s).await;
             Ok(())
         });
     }
-    tasks.spawn(watch_removal(node.clone()));
+    tasks.spawn(watch_removal(node.clone(), stop_rx.clone()));
 
     let signal = shutdown_signal();
     tokio::pin!(signal);
@@ -448,7 +452,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 /// Ends with an error when this member is removed from the cluster, as etcd members stop
 /// when removed: it gets no more entries and must not campaign on a stale view.
-async fn watch_removal(node: Node) -> anyhow::Result<()> {
+async fn watch_removal(
+    node: Node,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let mut status = node.subscribe();
     let mut seen_self = false;
     loop {
@@ -456,14 +463,23 @@ async fn watch_removal(node: Node) -> anyhow::Result<()> {
         let present = current.members.iter().any(|m| m.id == node.member_id());
         if present {
             seen_self = true;
-        } else if seen_self && !current.members.is_empty() {
+        }
+        // Either the log told this member, or (when the leader stopped replicating to it
+        // before it learnt) the other voters did.
+        if (seen_self && !present && !current.members.is_empty()) || node.was_removed() {
             anyhow::bail!(
                 "this member ({:x}) was removed from the cluster; wipe its data dir before it joins again",
                 node.member_id()
             );
         }
-        if status.changed().await.is_err() {
-            return std::future::pending().await;
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            changed = status.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
         }
     }
 }
