@@ -268,8 +268,7 @@ impl Node {
         let deadline = tokio::time::Instant::now() + self.inner().election_timeout * 2;
         let mut status = self.subscribe();
         loop {
-            let current = self.status();
-            match current.leader {
+            match self.leader() {
                 Some(l) if l == self.member_id() => return Ok(Route::Local),
                 Some(l) => match self.member_info(l) {
                     Some(info) => return Ok(Route::Leader(l, info)),
@@ -300,13 +299,26 @@ impl Node {
         req: ForwardRequest,
         timeout: Duration,
     ) -> Result<ForwardReply, ForwardError> {
+        self.on_leader_at(req, timeout).await.map(|(reply, _)| reply)
+    }
+
+    /// Like [`Node::on_leader`], also telling whether this member served it (as the leader, its
+    /// machine has then applied the answer already).
+    async fn on_leader_at(
+        &self,
+        req: ForwardRequest,
+        timeout: Duration,
+    ) -> Result<(ForwardReply, bool), ForwardError> {
         let mut last = ForwardError::NotLeader { leader: None };
         for _ in 0..MAX_HOPS {
             let result = match self.route().await? {
-                Route::Local => self.serve_forwarded(req.clone()).await,
-                Route::Leader(id, info) => {
-                    self.inner().forwarder.send(id, &info, &req, timeout).await
-                }
+                Route::Local => self.serve_forwarded(req.clone()).await.map(|r| (r, true)),
+                Route::Leader(id, info) => self
+                    .inner()
+                    .forwarder
+                    .send(id, &info, &req, timeout)
+                    .await
+                    .map(|r| (r, false)),
             };
             match result {
                 Err(e) if retry_safe(&e) => {
@@ -325,15 +337,17 @@ impl Node {
     pub async fn propose(&self, cmd: Vec<u8>) -> Result<Vec<u8>, ProposeError> {
         let timeout = FORWARD_TIMEOUT;
         match self
-            .on_leader(ForwardRequest::Propose(Command(cmd)), timeout)
+            .on_leader_at(ForwardRequest::Propose(Command(cmd)), timeout)
             .await
             .map_err(to_propose_error)?
         {
-            ForwardReply::Proposed { index, result } => {
-                self.wait_applied(index, timeout).await?;
+            (ForwardReply::Proposed { index, result }, local) => {
+                if !local {
+                    self.wait_applied(index, timeout).await?;
+                }
                 Ok(result.0)
             }
-            other => Err(ProposeError::Fatal(format!(
+            (other, _) => Err(ProposeError::Fatal(format!(
                 "leader answered a proposal with {other:?}"
             ))),
         }
@@ -409,10 +423,9 @@ impl Node {
         &self,
         req: ForwardRequest,
     ) -> Result<ForwardReply, ForwardError> {
-        let status = self.status();
-        if !status.is_leader() {
+        if !self.is_leader() {
             return Err(ForwardError::NotLeader {
-                leader: status.leader.filter(|l| *l != self.member_id()),
+                leader: self.leader().filter(|l| *l != self.member_id()),
             });
         }
         match req {

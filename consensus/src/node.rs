@@ -453,7 +453,7 @@ impl Node {
         index: u64,
         timeout: Duration,
     ) -> Result<(), ProposeError> {
-        if self.status().applied_index >= index {
+        if self.applied_index() >= index {
             return Ok(());
         }
         self.inner
@@ -475,8 +475,36 @@ impl Node {
     }
 
     /// Lease after which a leader that heard no quorum counts itself deposed (milliseconds).
-    fn lease_ms(&self) -> u64 {
+    pub(crate) fn lease_ms(&self) -> u64 {
         (self.inner.election_timeout.as_millis() as u64).saturating_mul(2)
+    }
+
+    /// The leader as this member sees it now (cheap; no membership copy).
+    pub fn leader(&self) -> Option<NodeId> {
+        crate::status::current_leader(&self.inner.raft.metrics().borrow(), self.lease_ms())
+    }
+
+    /// The current raft term (cheap).
+    pub fn term(&self) -> u64 {
+        self.inner.raft.metrics().borrow().current_term
+    }
+
+    /// Highest log index applied to the local state machine (cheap).
+    pub fn applied_index(&self) -> u64 {
+        self.inner
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index)
+    }
+
+    /// True when this member leads (and has heard from a quorum within the lease).
+    pub fn is_leader(&self) -> bool {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        m.state == openraft::ServerState::Leader
+            && crate::status::current_leader(&m, self.lease_ms()) == Some(self.inner.member_id)
     }
 
     /// Records that a leader just replicated to this member (pre-vote input).

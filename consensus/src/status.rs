@@ -98,12 +98,7 @@ impl RaftStatus {
             })
             .collect();
         let applied_index = metrics.last_applied.map(|l| l.index).unwrap_or(0);
-        let deposed = metrics.state == openraft::ServerState::Leader
-            && voters.len() > 1
-            && metrics
-                .millis_since_quorum_ack
-                .is_none_or(|ms| ms > lease_ms);
-        let (leader, role) = if deposed {
+        let (leader, role) = if deposed(metrics, voters.len(), lease_ms) {
             (None, RaftRole::Candidate)
         } else {
             (metrics.current_leader, metrics.state.into())
@@ -120,5 +115,25 @@ impl RaftStatus {
             role,
             snapshot_index: metrics.snapshot.map(|l| l.index).unwrap_or(0),
         }
+    }
+}
+
+/// A leader that has not heard from a quorum within the lease counts itself deposed: openraft 0.9
+/// keeps an isolated leader in office, but it can no longer commit anything.
+fn deposed(metrics: &RaftMetrics<NodeId, MemberInfo>, voters: usize, lease_ms: u64) -> bool {
+    metrics.state == openraft::ServerState::Leader
+        && voters > 1
+        && metrics
+            .millis_since_quorum_ack
+            .is_none_or(|ms| ms > lease_ms)
+}
+
+/// The leader as this member sees it, without building a whole [`RaftStatus`].
+pub(crate) fn current_leader(metrics: &RaftMetrics<NodeId, MemberInfo>, lease_ms: u64) -> Option<NodeId> {
+    let voters = metrics.membership_config.membership().voter_ids().count();
+    if deposed(metrics, voters, lease_ms) {
+        None
+    } else {
+        metrics.current_leader
     }
 }

@@ -19,8 +19,22 @@ fn entry(term: u64, index: u64) -> Entry {
     }
 }
 
+/// Opens the db, waiting for the previous handle's background threads to release its file lock.
+fn open_when_released(path: &Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("reopening {}: {e}", path.display()),
+        }
+    }
+}
+
 async fn reopen_and_check(path: &Path, want_last: u64, want_purged: Option<LogId>) {
-    let db = sled::open(path).unwrap();
+    let db = open_when_released(path);
     let mut store = LogStore::open(db).unwrap();
     let state = store.get_log_state().await.unwrap();
     assert_eq!(state.last_log_id, Some(log_id(2, want_last)));
@@ -68,7 +82,7 @@ async fn log_vote_and_committed_survive_reopen() {
     reopen_and_check(&path, 10, None).await;
 
     {
-        let db = sled::open(&path).unwrap();
+        let db = open_when_released(&path);
         let mut store = LogStore::open(db).unwrap();
         store.purge(log_id(2, 3)).await.unwrap();
     }

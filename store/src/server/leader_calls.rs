@@ -57,7 +57,7 @@ impl EtcdServer {
 
     /// Renews lease `id` on the leader's clock; answers the TTL (0: unknown lease).
     pub(crate) async fn renew_lease(&self, id: i64) -> Result<i64, Status> {
-        if self.raft.status().is_leader() {
+        if self.raft.is_leader() {
             return Ok(self.leases.renew(id).unwrap_or(0));
         }
         let out = self
@@ -74,7 +74,7 @@ impl EtcdServer {
 
     /// Remaining and granted TTL of lease `id` on the leader's clock, if it has one.
     pub(crate) async fn lease_remaining(&self, id: i64) -> Result<Option<(i64, i64)>, Status> {
-        if self.raft.status().is_leader() {
+        if self.raft.is_leader() {
             return Ok(self.leases.remaining(id));
         }
         let out = self

@@ -106,7 +106,7 @@ impl EtcdServer {
             cluster_id: self.raft.cluster_id(),
             member_id: self.raft.member_id(),
             revision,
-            raft_term: self.raft.status().term,
+            raft_term: self.raft.term(),
         })
     }
 
@@ -122,7 +122,7 @@ impl EtcdServer {
             .get("hasleader")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v == "true");
-        if wants && self.raft.status().leader.is_none() {
+        if wants && self.raft.leader().is_none() {
             return Err(StoreError::NoLeader.into());
         }
         Ok(())
