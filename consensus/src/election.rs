@@ -14,6 +14,9 @@ use crate::node::NodeInner;
 use crate::types::NodeId;
 use crate::Node;
 
+/// Election timeouts of silence after which a standby checks it is still a member.
+const LEARNER_PROBE_AFTER: u32 = 10;
+
 /// A random election timeout in `[base, 2 * base)`.
 fn randomized(base: Duration) -> Duration {
     let base_ms = base.as_millis().max(1) as u64;
@@ -49,6 +52,13 @@ pub(crate) async fn run_elections(weak: Weak<NodeInner>) {
             .clone();
         let me = node.member_id();
         if !configs.iter().any(|c| c.contains(&me)) {
+            // A standby hears nothing once it is removed; after a long silence it asks the
+            // voters whether it still belongs (their answer sets `removed`).
+            let is_learner = node.member_info(me).is_some();
+            if is_learner && node.leader_silence() >= base * LEARNER_PROBE_AFTER {
+                pre_vote(&node, &configs, base).await;
+                node.heard_from_leader();
+            }
             continue;
         }
         let single_voter = configs.iter().all(|c| c.len() == 1 && c.contains(&me));

@@ -331,6 +331,22 @@ fn five_members_are_three_voters_and_two_standbys_and_more_are_workers() {
         .etcdctl()
         .ok(&["put", "after-replace", "z"])
         .expect("write after replacement");
+
+    // A removed standby hears nothing more; it asks the voters, learns it was removed, stops.
+    let standby = (0..5)
+        .find(|i| *i != victim && after.iter().any(|(n, l)| n == names[*i] && *l))
+        .expect("a live standby");
+    let out = nodes[leader]
+        .cli(&["node", "remove", names[standby]])
+        .expect("node remove");
+    assert!(out.success(), "node remove: {}", out.stderr);
+    let removed_at = Instant::now();
+    wait_for(
+        "the removed standby to stop",
+        Duration::from_secs(40),
+        || (!nodes[standby].is_running()).then_some(()),
+    );
+    eprintln!("removed standby stopped after {:?}", removed_at.elapsed());
 }
 
 /// Runs `tugboatd join` to completion (it must fail) and returns its stderr.
