@@ -576,3 +576,58 @@ fn recover_turns_a_survivor_into_a_new_cluster() {
         .ok(&["put", "after-recover", "ok"])
         .expect("write after recovery");
 }
+
+#[test]
+fn peer_calls_without_a_client_certificate_are_refused() {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+    use tugboat_consensus::network::pb::{raft_peer_client::RaftPeerClient, RaftPayload};
+    let a = first("a", &[]);
+    let files = a.tls_files();
+    let ca = std::fs::read(&files.cacert).expect("ca");
+    let url = format!("https://{}", a.peer_addr());
+    let rt = tugboat_testsuite::test_runtime();
+    rt.block_on(async {
+        // Joiners may connect without a certificate, but only to reach the join service.
+        let anonymous = Channel::from_shared(url.clone())
+            .expect("url")
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca)))
+            .expect("tls")
+            .connect()
+            .await
+            .expect("TLS without a client certificate is accepted on the peer port");
+        for call in ["vote", "append_entries", "forward"] {
+            let mut client = RaftPeerClient::new(anonymous.clone());
+            let req = tonic::Request::new(RaftPayload { data: vec![0] });
+            let status = match call {
+                "vote" => client.vote(req).await,
+                "append_entries" => client.append_entries(req).await,
+                _ => client.forward(req).await,
+            }
+            .expect_err("must be refused");
+            assert_eq!(
+                status.code(),
+                tonic::Code::Unauthenticated,
+                "{call}: {status:?}"
+            );
+        }
+        // With the admin certificate the call reaches raft (and fails on the bogus payload).
+        let cert = std::fs::read(&files.cert).expect("cert");
+        let key = std::fs::read(&files.key).expect("key");
+        let authenticated = Channel::from_shared(url)
+            .expect("url")
+            .tls_config(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(&ca))
+                    .identity(Identity::from_pem(cert, key)),
+            )
+            .expect("tls")
+            .connect()
+            .await
+            .expect("connect");
+        let status = RaftPeerClient::new(authenticated)
+            .vote(tonic::Request::new(RaftPayload { data: vec![0] }))
+            .await
+            .expect_err("garbage payload");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    });
+}
