@@ -8,7 +8,7 @@
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -572,7 +572,35 @@ pub struct TugboatOptions {
     /// Join an existing cluster on the first start (`tugboatd join PEER --token TOKEN`); later
     /// starts are `tugboatd run` on the same data dir.
     pub join: Option<JoinSpec>,
+    /// Run the node inside a network namespace (e.g. one of a [`crate::netns::NetLab`]) instead
+    /// of on loopback ports of the test's own namespace; see [`NetnsPlacement`].
+    pub netns: Option<NetnsPlacement>,
 }
+
+/// Where a node placed in a network namespace runs and listens.
+///
+/// The process is started as `ip netns exec NS tugboatd ...`. Its raft peer listener binds
+/// `ip:`[`NETNS_PEER_PORT`] and its mutual-TLS etcd listener `ip:`[`NETNS_ETCD_PORT`] (fixed
+/// ports: each namespace has its own port space). The plaintext listener and metrics stay on
+/// loopback *inside* the namespace, out of the test process's reach, so readiness is probed
+/// and [`TugboatNode::etcdctl`] talks over `https://ip:2379` with the admin certificate from
+/// the node's own `<data-dir>/pki`.
+#[derive(Debug, Clone)]
+pub struct NetnsPlacement {
+    /// Name of the namespace (as `ip netns list` shows it).
+    pub ns: String,
+    /// The node's address in that namespace, reachable from the test process.
+    pub ip: IpAddr,
+}
+
+/// Raft peer port of a node placed in a network namespace.
+pub const NETNS_PEER_PORT: u16 = 2380;
+/// Mutual-TLS etcd port of a node placed in a network namespace.
+pub const NETNS_ETCD_PORT: u16 = 2379;
+/// Plaintext etcd port (loopback inside its namespace) of a node placed in a namespace.
+pub const NETNS_PLAIN_PORT: u16 = 2378;
+/// Metrics port (loopback inside its namespace) of a node placed in a namespace.
+pub const NETNS_METRICS_PORT: u16 = 2381;
 
 /// Where and how a node joins.
 #[derive(Debug, Clone)]
@@ -591,6 +619,7 @@ impl Default for TugboatOptions {
             env: Vec::new(),
             ready_timeout: DEFAULT_READY_TIMEOUT,
             join: None,
+            netns: None,
         }
     }
 }
@@ -634,6 +663,8 @@ struct ManagedProcess {
     first_args: Option<Vec<String>>,
     // What a clean SIGTERM shutdown looks like for this implementation.
     clean_exit: fn(&ExitStatus) -> bool,
+    // Readiness probe target; None probes `plain_endpoint` without TLS.
+    ready_probe: Option<Etcdctl>,
 }
 
 impl ManagedProcess {
@@ -674,8 +705,11 @@ impl ManagedProcess {
 
     fn wait_ready(&mut self, extra_ready: &dyn Fn() -> bool) -> Result<()> {
         let start = Instant::now();
-        let probe = Etcdctl::plain(self.plain_endpoint.clone())
-            .with_command_timeout(Duration::from_secs(3));
+        let probe = match &self.ready_probe {
+            Some(p) => p.clone(),
+            None => Etcdctl::plain(self.plain_endpoint.clone()),
+        }
+        .with_command_timeout(Duration::from_secs(3));
         let mut last_probe;
         loop {
             if let Some(child) = self.child.as_mut() {
@@ -817,10 +851,15 @@ pub struct TugboatNode {
     proc: ManagedProcess,
     peer_addr: SocketAddr,
     tls_endpoint: String,
+    netns: Option<NetnsPlacement>,
 }
 
 impl TugboatNode {
     /// Starts `tugboatd run` on fresh loopback ports and waits until `endpoint health` succeeds.
+    ///
+    /// With [`TugboatOptions::netns`] set, the node runs inside that namespace on the fixed
+    /// ports of [`NetnsPlacement`] instead, and readiness is probed over mutual TLS (once the
+    /// node's admin certificate files exist).
     pub fn start(opts: TugboatOptions) -> Result<Self> {
         let bin = tugboatd_bin()?;
         require_binary(ETCDCTL_BIN, "etcdctl", "etcd-client")?;
@@ -830,9 +869,22 @@ impl TugboatNode {
             .map_err(io_err("creating temp dir"))?;
         let data_dir = root.path().join("data");
         let log_path = root.path().join("tugboatd.log");
-        let ports = free_ports(4)?;
-        let peer_addr = SocketAddr::from(([127, 0, 0, 1], ports[0]));
-        let tls_endpoint = format!("https://127.0.0.1:{}", ports[1]);
+        let ports = match &opts.netns {
+            None => free_ports(4)?,
+            Some(_) => vec![
+                NETNS_PEER_PORT,
+                NETNS_ETCD_PORT,
+                NETNS_PLAIN_PORT,
+                NETNS_METRICS_PORT,
+            ],
+        };
+        let ip = match &opts.netns {
+            None => IpAddr::from([127, 0, 0, 1]),
+            Some(placement) => placement.ip,
+        };
+        let peer_addr = SocketAddr::new(ip, ports[0]);
+        let etcd_addr = SocketAddr::new(ip, ports[1]);
+        let tls_endpoint = format!("https://{etcd_addr}");
         let plain_endpoint = format!("http://127.0.0.1:{}", ports[2]);
         let mut args = vec![
             "run".to_string(),
@@ -843,7 +895,7 @@ impl TugboatNode {
             "--peer-listen".into(),
             peer_addr.to_string(),
             "--etcd-listen".into(),
-            format!("127.0.0.1:{}", ports[1]),
+            etcd_addr.to_string(),
             "--etcd-listen-plain".into(),
             format!("127.0.0.1:{}", ports[2]),
             "--metrics-listen".into(),
@@ -860,9 +912,47 @@ impl TugboatNode {
             first.extend(args.iter().skip(1).cloned());
             first
         });
+        let (name, bin, args, first_args, ready_probe) = match &opts.netns {
+            None => (
+                format!("tugboatd {}", opts.name),
+                bin,
+                args,
+                first_args,
+                None,
+            ),
+            Some(placement) => {
+                // `ip netns exec` execs tugboatd in place: the child pid is tugboatd's own.
+                let prefixed = |rest: Vec<String>| {
+                    let mut v = vec![
+                        "netns".to_string(),
+                        "exec".into(),
+                        placement.ns.clone(),
+                        bin.display().to_string(),
+                    ];
+                    v.extend(rest);
+                    v
+                };
+                let pki = data_dir.join("pki");
+                let probe = Etcdctl::tls(
+                    tls_endpoint.clone(),
+                    TlsClientFiles {
+                        cacert: pki.join("ca.crt"),
+                        cert: pki.join("admin.crt"),
+                        key: pki.join("admin.key"),
+                    },
+                );
+                (
+                    format!("tugboatd {} (netns {})", opts.name, placement.ns),
+                    PathBuf::from(crate::netns::IP_BIN),
+                    prefixed(args),
+                    first_args.map(prefixed),
+                    Some(probe),
+                )
+            }
+        };
         let mut node = TugboatNode {
             proc: ManagedProcess {
-                name: format!("tugboatd {}", opts.name),
+                name,
                 bin,
                 args,
                 env: opts.env.clone(),
@@ -875,9 +965,11 @@ impl TugboatNode {
                 starts: 0,
                 first_args,
                 clean_exit: ExitStatus::success,
+                ready_probe,
             },
             peer_addr,
             tls_endpoint,
+            netns: opts.netns.clone(),
         };
         node.boot()?;
         Ok(node)
@@ -911,12 +1003,13 @@ impl TugboatNode {
         self.proc.is_running()
     }
 
-    /// `http://127.0.0.1:R`, the plaintext etcd endpoint.
+    /// `http://127.0.0.1:R`, the plaintext etcd endpoint (for a node in a network namespace,
+    /// loopback inside that namespace: not reachable from the test process).
     pub fn plain_endpoint(&self) -> String {
         self.proc.plain_endpoint.clone()
     }
 
-    /// `https://127.0.0.1:Q`, the mutual-TLS etcd endpoint.
+    /// `https://127.0.0.1:Q`, the mutual-TLS etcd endpoint (`https://IP:2379` in a namespace).
     pub fn tls_endpoint(&self) -> String {
         self.tls_endpoint.clone()
     }
@@ -956,9 +1049,18 @@ impl TugboatNode {
         }
     }
 
-    /// etcdctl over the plaintext endpoint.
+    /// etcdctl over the plaintext endpoint; for a node in a network namespace, over mutual TLS
+    /// (the plaintext endpoint is out of reach there).
     pub fn etcdctl(&self) -> Etcdctl {
-        Etcdctl::plain(self.plain_endpoint())
+        match self.netns {
+            None => Etcdctl::plain(self.plain_endpoint()),
+            Some(_) => self.etcdctl_tls(),
+        }
+    }
+
+    /// The network namespace the node runs in, if it was started with one.
+    pub fn netns(&self) -> Option<&NetnsPlacement> {
+        self.netns.as_ref()
     }
 
     /// Runs the `tugboat` CLI against this node's data dir, e.g. `["token", "create"]`.
@@ -1059,6 +1161,7 @@ impl EtcdNode {
                 starts: 0,
                 first_args: None,
                 clean_exit: etcd_clean_exit,
+                ready_probe: None,
             },
             peer_url,
             peer_port: ports[1],
