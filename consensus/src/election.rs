@@ -65,7 +65,13 @@ pub(crate) async fn run_elections(weak: Weak<NodeInner>) {
         if !single_voter && node.leader_silence() < timeout {
             continue;
         }
-        if single_voter || pre_vote(&node, &configs, base).await {
+        let term_before = node.term();
+        let won = single_voter || pre_vote(&node, &configs, base).await;
+        // While the round ran this member may have voted for, or heard from, a new leader (both
+        // restart its timer): campaigning now would unseat that leader.
+        let still_silent =
+            single_voter || (node.leader_silence() >= timeout && node.term() == term_before);
+        if won && still_silent {
             tracing::info!(member = %format!("{me:x}"), "pre-vote granted; starting an election");
             if node.raft().trigger().elect().await.is_err() {
                 return;
@@ -103,7 +109,25 @@ async fn pre_vote(node: &Node, configs: &[BTreeSet<NodeId>], base: Duration) -> 
             (*id, answer)
         }
     });
-    let answers = futures::future::join_all(asks).await;
+    // Stop as soon as every configuration has a granting majority: waiting for an unreachable
+    // voter's timeout would only give a competing candidate time to start its own round.
+    let mut pending: futures::stream::FuturesUnordered<_> = asks.collect();
+    let mut answers = Vec::new();
+    let mut granted: BTreeSet<NodeId> = BTreeSet::from([me]);
+    let majority = |granted: &BTreeSet<NodeId>| {
+        configs
+            .iter()
+            .all(|c| c.iter().filter(|id| granted.contains(id)).count() * 2 > c.len())
+    };
+    while let Some((id, answer)) = futures::StreamExt::next(&mut pending).await {
+        if answer.as_ref().is_some_and(|a| a.granted) {
+            granted.insert(id);
+        }
+        answers.push((id, answer));
+        if majority(&granted) {
+            return true;
+        }
+    }
     let disowned = answers
         .iter()
         .filter(|(_, a)| a.as_ref().is_some_and(|a| !a.member))
@@ -115,14 +139,7 @@ async fn pre_vote(node: &Node, configs: &[BTreeSet<NodeId>], base: Duration) -> 
             .store(true, std::sync::atomic::Ordering::Relaxed);
         return false;
     }
-    let mut granted: BTreeSet<NodeId> = answers
-        .into_iter()
-        .filter_map(|(id, a)| a.is_some_and(|a| a.granted).then_some(id))
-        .collect();
-    granted.insert(me);
-    let ok = configs
-        .iter()
-        .all(|c| c.iter().filter(|id| granted.contains(id)).count() * 2 > c.len());
+    let ok = majority(&granted);
     if !ok {
         tracing::debug!(
             granted = granted.len(),

@@ -378,6 +378,11 @@ impl RaftPeer for PeerService {
         self.check(&request)?;
         let req: VoteRequest<NodeId> = decode_request(request)?;
         let result = self.node.raft().vote(req).await;
+        if matches!(&result, Ok(resp) if resp.vote_granted) {
+            // As in raft: granting a vote restarts the election timer, so this member does not
+            // campaign against the candidate it just helped elect.
+            self.node.heard_from_leader();
+        }
         encode_reply(&result)
     }
 

@@ -252,9 +252,8 @@ impl Cluster {
     /// majority agrees on a new leader and `old` reports no leader. Returns (new leader, its
     /// term, time to election, time until `old` reported no leader), both since `cut_at`.
     ///
-    /// KNOWN BUG (see `isolated_leader_steps_down_and_majority_keeps_serving`): surviving
-    /// voters that keep starting elections against each other can leave the majority without
-    /// a leader past `DEADLINE`; this then fails, as it should.
+    /// Surviving voters that kept starting elections against each other would leave the
+    /// majority without a leader past `DEADLINE`; this then fails.
     fn wait_failover(
         &self,
         old: usize,
@@ -876,11 +875,10 @@ fn isolated_leader_steps_down_and_majority_keeps_serving() {
     );
     let attempts = cutoff.finish(&c, "isolated leader");
     // Once elected, the two connected voters keep their leader: nothing may unseat it while
-    // the third voter is away. KNOWN BUG (consensus/src/election.rs, reported with issue 3):
-    // both survivors' election timers expire together; one wins, and the other, acting on a
-    // pre-vote "granted" collected before that, still calls elect() with a higher term and
-    // unseats the leader it has just voted for. This check (and `check_leader_terms` below)
-    // catch that churn; when the two keep disrupting each other, `wait_failover` times out.
+    // the third voter is away. This check (and `check_leader_terms` below) caught churn where
+    // a survivor, acting on a pre-vote granted before the other won, still campaigned and
+    // unseated the leader it had just voted for (fixed in consensus/src/election.rs: a vote
+    // granted restarts the timer, and the silence is checked again after the pre-vote).
     let before_heal = c.wait_agreed_leader(&majority);
     findings.check(before_heal == (leader, term1), || {
         format!(
@@ -1053,8 +1051,7 @@ fn symmetric_split_of_five_majority_serves_and_all_converge() {
         write_start.elapsed()
     );
     let attempts = cutoff.finish(&c, "minority side");
-    // As in the isolated-leader test: once elected, the majority keeps its leader (KNOWN BUG:
-    // stale pre-vote results start needless elections while a voter is unreachable).
+    // As in the isolated-leader test: once elected, the majority keeps its leader.
     let before_heal = c.wait_agreed_leader(&majority);
     findings.check(before_heal == (leader, term1), || {
         format!(
