@@ -631,3 +631,55 @@ fn peer_calls_without_a_client_certificate_are_refused() {
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     });
 }
+
+#[test]
+fn a_joiner_far_behind_catches_up_from_a_snapshot() {
+    let a = first("a", &["--snapshot-count", "50"]);
+    let rt = tugboat_testsuite::test_runtime();
+    let endpoint = a.plain_endpoint();
+    rt.block_on(async {
+        let channel = tugboat_testsuite::load::kvutil::plain_channel(&endpoint)
+            .await
+            .expect("channel");
+        let mut kv = tugboat_testsuite::load::kvutil::kv(channel);
+        for i in 0..400 {
+            kv.put(tugboat_store::pb::etcdserverpb::PutRequest {
+                key: format!("old/{i:04}").into_bytes(),
+                value: vec![b'x'; 512],
+                ..Default::default()
+            })
+            .await
+            .expect("put");
+        }
+    });
+    let token = a.create_token(&[]).expect("token");
+    let started = Instant::now();
+    let b = TugboatNode::start(joiner("b", &a, &token, &["--snapshot-count", "50"])).expect("join");
+    let keys = |n: &TugboatNode| {
+        n.etcdctl()
+            .ok(&[
+                "get",
+                "old/",
+                "--prefix",
+                "--keys-only",
+                "-w",
+                "json",
+                "--consistency=s",
+            ])
+            .ok()
+            .and_then(|o| serde_json::from_str::<Value>(&o).ok())
+            .and_then(|v| v["count"].as_u64())
+    };
+    wait_for(
+        "the joiner to hold every key",
+        Duration::from_secs(30),
+        || (keys(&b) == Some(400)).then_some(()),
+    );
+    eprintln!("joiner caught up {:?} after its start", started.elapsed());
+    // The leader purged the head of its log, so the joiner got there through a snapshot.
+    let log = std::fs::read_to_string(b.log_path()).expect("log");
+    assert!(
+        log.contains("installed snapshot"),
+        "no snapshot install in the joiner's log"
+    );
+}
