@@ -23,7 +23,8 @@ pub struct TlsFiles {
 /// Where to send load.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// `http://host:port` or `https://host:port`.
+    /// `http://host:port` or `https://host:port`; a comma-separated list spreads the
+    /// connections over several members (see [`connect`]).
     pub endpoint: String,
     /// Required for `https://`.
     pub tls: Option<TlsFiles>,
@@ -37,6 +38,15 @@ impl Target {
             tls: None,
         }
     }
+
+    /// The URLs of a comma-separated `endpoint`, in order.
+    pub fn endpoints(&self) -> Vec<&str> {
+        self.endpoint
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .collect()
+    }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
@@ -46,17 +56,17 @@ fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
     })
 }
 
-fn endpoint_of(target: &Target) -> Result<Endpoint, LoadError> {
+fn endpoint_of(url: &str, tls: &Option<TlsFiles>) -> Result<Endpoint, LoadError> {
     let bad = |source| LoadError::Endpoint {
-        endpoint: target.endpoint.clone(),
+        endpoint: url.to_string(),
         source,
     };
-    let mut ep = Endpoint::from_shared(target.endpoint.clone())
+    let mut ep = Endpoint::from_shared(url.to_string())
         .map_err(bad)?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
-    let is_https = target.endpoint.starts_with("https://");
-    match (&target.tls, is_https) {
+    let is_https = url.starts_with("https://");
+    match (tls, is_https) {
         (Some(files), true) => {
             let mut tls = ClientTlsConfig::new()
                 .ca_certificate(Certificate::from_pem(read(&files.ca)?))
@@ -68,14 +78,12 @@ fn endpoint_of(target: &Target) -> Result<Endpoint, LoadError> {
         }
         (None, true) => {
             return Err(LoadError::Config(format!(
-                "{} is https:// but no --cacert/--cert/--key were given",
-                target.endpoint
+                "{url} is https:// but no --cacert/--cert/--key were given"
             )))
         }
         (Some(_), false) => {
             return Err(LoadError::Config(format!(
-                "{} is not https:// but TLS files were given",
-                target.endpoint
+                "{url} is not https:// but TLS files were given"
             )))
         }
         (None, false) => {}
@@ -87,14 +95,29 @@ fn endpoint_of(target: &Target) -> Result<Endpoint, LoadError> {
 ///
 /// Each call to `Endpoint::connect` dials its own TCP connection, so clients
 /// spread over these channels do not all queue behind one HTTP/2 connection.
+///
+/// With several endpoints, `conns` is rounded up to a multiple of their number
+/// and channel `i` goes to endpoint `i % n`; the load modes hand channel
+/// `id % channels` to client `id`, so clients spread evenly over the members.
 pub async fn connect(target: &Target, conns: usize) -> Result<Vec<Channel>, LoadError> {
-    let ep = endpoint_of(target)?;
-    let mut channels = Vec::with_capacity(conns.max(1));
-    for _ in 0..conns.max(1) {
-        let ch = ep.connect().await.map_err(|source| LoadError::Connect {
-            endpoint: target.endpoint.clone(),
-            source,
-        })?;
+    let urls = target.endpoints();
+    if urls.is_empty() {
+        return Err(LoadError::Config("no endpoint given".into()));
+    }
+    let eps = urls
+        .iter()
+        .map(|u| endpoint_of(u, &target.tls))
+        .collect::<Result<Vec<_>, _>>()?;
+    let total = conns.max(1).div_ceil(eps.len()) * eps.len();
+    let mut channels = Vec::with_capacity(total);
+    for i in 0..total {
+        let ch = eps[i % eps.len()]
+            .connect()
+            .await
+            .map_err(|source| LoadError::Connect {
+                endpoint: urls[i % urls.len()].to_string(),
+                source,
+            })?;
         channels.push(ch);
     }
     Ok(channels)
@@ -115,7 +138,17 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_end;
+    use super::{prefix_end, Target};
+
+    #[test]
+    fn endpoint_lists_split_on_commas() {
+        let t = Target::plain("http://a:1, http://b:2,,http://c:3");
+        assert_eq!(
+            t.endpoints(),
+            vec!["http://a:1", "http://b:2", "http://c:3"]
+        );
+        assert_eq!(Target::plain("http://a:1").endpoints(), vec!["http://a:1"]);
+    }
 
     #[test]
     fn prefix_end_increments_last_byte() {

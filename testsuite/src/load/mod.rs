@@ -6,6 +6,7 @@
 //! histogram, bounded by a total operation count or a duration.
 
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod keys;
 pub mod kvutil;
