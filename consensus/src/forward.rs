@@ -299,7 +299,9 @@ impl Node {
         req: ForwardRequest,
         timeout: Duration,
     ) -> Result<ForwardReply, ForwardError> {
-        self.on_leader_at(req, timeout).await.map(|(reply, _)| reply)
+        self.on_leader_at(req, timeout)
+            .await
+            .map(|(reply, _)| reply)
     }
 
     /// Like [`Node::on_leader`], also telling whether this member served it (as the leader, its

@@ -21,10 +21,11 @@ mod snapshot;
 mod state_machine;
 mod status;
 mod types;
+mod wal;
 
 pub use error::{ConsensusError, ProposeError, StateMachineError};
 pub use forward::{AppHandler, ForwardError};
-pub use log_store::{LogReader, LogStore, LOG_TREE, META_TREE};
+pub use log_store::{LogReader, LogStore, LOG_TREE, META_TREE, WAL_DIR};
 pub use network::{PeerClient, PeerHealth, PeerNetworkFactory, PeerServer, PeerService};
 pub use node::{Bootstrap, Node, NodeConfig};
 pub use recover::{force_new_cluster, RecoverReport};

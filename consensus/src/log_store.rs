@@ -1,31 +1,35 @@
-//! The raft log and vote storage on sled (openraft `RaftLogStorage`), with group-commit fsync.
+//! The raft log and vote storage (openraft `RaftLogStorage`).
 //!
-//! Layout: tree `raft_log` maps big-endian index -> bincode `Entry`; tree `raft_meta` holds the
-//! vote, the committed log id, the last purged log id and the member/cluster ids.
+//! Entries live in the append-only log of `wal` (`DATA/wal/`), made durable by one flusher
+//! thread that shares each `fdatasync` among every append queued meanwhile and acknowledges
+//! them to openraft afterwards, so the raft core keeps replicating while the disk syncs. The
+//! vote, the committed log id, the purge point and the member/cluster ids stay in sled's
+//! `raft_meta` tree. An older data dir keeps its entries in the `raft_log` tree (as does a member
+//! `recover` rewrote): on open they move into the log file once, then the tree is emptied.
 
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, RwLock};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{AnyError, LogState, OptionalSend, RaftLogReader, StorageIOError};
 
 use crate::types::{decode, encode, Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::wal::{Index, Segment, Wal};
 
-/// Name of the sled tree holding raft log entries.
+/// Name of the sled tree that held raft log entries before the log file (and during `recover`).
 pub const LOG_TREE: &str = "raft_log";
 /// Name of the sled tree holding raft metadata (vote, committed, purged, ids, snapshot meta).
 pub const META_TREE: &str = "raft_meta";
+/// Directory of the log file under the data dir.
+pub const WAL_DIR: &str = "wal";
 
 pub(crate) const KEY_VOTE: &[u8] = b"vote";
 pub(crate) const KEY_COMMITTED: &[u8] = b"committed";
 pub(crate) const KEY_LAST_PURGED: &[u8] = b"last_purged";
-
-fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
-}
 
 fn read_err(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::read_logs(AnyError::new(&e)).into()
@@ -35,11 +39,81 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::write_logs(AnyError::new(&e)).into()
 }
 
-/// Raft log + vote storage on a shared sled database.
+/// Work for the flusher thread.
+enum FlushJob {
+    /// Make appends to `target` durable, then acknowledge them.
+    Sync {
+        target: Arc<Segment>,
+        callback: LogFlushed<TypeConfig>,
+    },
+}
+
+/// Shares `fdatasync`s among queued appends; ends when the store is dropped.
+fn run_flusher(jobs: mpsc::Receiver<FlushJob>, flushed: Arc<tokio::sync::watch::Sender<u64>>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while let Ok(more) = jobs.try_recv() {
+            batch.push(more);
+        }
+        let mut synced: Vec<(*const Segment, Result<(), String>)> = Vec::new();
+        let count = batch.len() as u64;
+        for FlushJob::Sync { target, callback } in batch {
+            let key = Arc::as_ptr(&target);
+            let result = match synced.iter().find(|(k, _)| *k == key) {
+                Some((_, r)) => r.clone(),
+                None => {
+                    let r = target
+                        .file
+                        .sync_data()
+                        .map_err(|e| format!("fdatasync {}: {e}", target.path.display()));
+                    synced.push((key, r.clone()));
+                    r
+                }
+            };
+            callback.log_io_completed(result.map_err(io::Error::other));
+        }
+        flushed.send_modify(|n| *n += count);
+    }
+}
+
+/// Copies the log file's entries into the `raft_log` tree (one atomic batch, flushed) and
+/// removes the file, for tools that rewrite the log in sled (`recover`). The next open moves
+/// them back.
+pub(crate) fn export_log_to_tree(db: &sled::Db, data_dir: &Path) -> io::Result<()> {
+    let dir = data_dir.join(WAL_DIR);
+    if !dir.exists() {
+        return Ok(());
+    }
+    let meta = db.open_tree(META_TREE).map_err(io::Error::other)?;
+    let purged: Option<LogId> = match meta.get(KEY_LAST_PURGED).map_err(io::Error::other)? {
+        Some(b) => Some(decode(&b).map_err(io::Error::other)?),
+        None => None,
+    };
+    let wal = Wal::open(&dir, purged).map_err(io::Error::other)?;
+    let entries = wal.read(0, u64::MAX).map_err(io::Error::other)?;
+    drop(wal);
+    let log = db.open_tree(LOG_TREE).map_err(io::Error::other)?;
+    if !entries.is_empty() {
+        let mut batch = sled::Batch::default();
+        for e in &entries {
+            batch.insert(
+                &e.log_id.index.to_be_bytes(),
+                encode(e).map_err(io::Error::other)?,
+            );
+        }
+        log.apply_batch(batch).map_err(io::Error::other)?;
+        db.flush().map_err(io::Error::other)?;
+    }
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// Raft log (file) + vote (sled) storage.
 pub struct LogStore {
     db: sled::Db,
-    log: sled::Tree,
     meta: sled::Tree,
+    wal: Wal,
+    flusher: mpsc::Sender<FlushJob>,
     committed_index: Arc<AtomicU64>,
     /// Appends made durable so far; the proposal batcher paces itself on it.
     appends_flushed: Arc<tokio::sync::watch::Sender<u64>>,
@@ -48,16 +122,53 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    /// Opens the raft trees in `db`.
-    pub fn open(db: sled::Db) -> Result<LogStore, io::Error> {
-        let log = db.open_tree(LOG_TREE).map_err(io::Error::other)?;
+    /// Opens the raft metadata in `db` and the log file under `data_dir/wal`.
+    pub fn open(db: sled::Db, data_dir: &Path) -> Result<LogStore, io::Error> {
         let meta = db.open_tree(META_TREE).map_err(io::Error::other)?;
+        let purged: Option<LogId> = match meta.get(KEY_LAST_PURGED).map_err(io::Error::other)? {
+            Some(b) => Some(decode(&b).map_err(io::Error::other)?),
+            None => None,
+        };
+        let dir = data_dir.join(WAL_DIR);
+        let tree = db.open_tree(LOG_TREE).map_err(io::Error::other)?;
+        if !tree.is_empty() {
+            // The tree is authoritative while it holds entries (an older data dir, a recovered
+            // member, or a crash during an earlier move): start the file over from it.
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)?;
+            }
+            let mut wal = Wal::open(&dir, None).map_err(io::Error::other)?;
+            let mut entries = Vec::new();
+            for item in tree.iter() {
+                let (_, value) = item.map_err(io::Error::other)?;
+                let entry: Entry = decode(&value).map_err(io::Error::other)?;
+                if purged.is_none_or(|p| entry.log_id.index > p.index) {
+                    entries.push(entry);
+                }
+            }
+            wal.append_sync(&entries).map_err(io::Error::other)?;
+            drop(wal);
+            tree.clear().map_err(io::Error::other)?;
+            db.flush().map_err(io::Error::other)?;
+            tracing::info!(
+                entries = entries.len(),
+                "moved the raft log from sled into the log file"
+            );
+        }
+        let wal = Wal::open(&dir, purged).map_err(io::Error::other)?;
+        let appends_flushed = Arc::new(tokio::sync::watch::Sender::new(0));
+        let (flusher, jobs) = mpsc::channel();
+        let flushed = appends_flushed.clone();
+        std::thread::Builder::new()
+            .name("raft-log-sync".into())
+            .spawn(move || run_flusher(jobs, flushed))?;
         let store = LogStore {
             db,
-            log,
             meta,
+            wal,
+            flusher,
             committed_index: Arc::new(AtomicU64::new(0)),
-            appends_flushed: Arc::new(tokio::sync::watch::Sender::new(0)),
+            appends_flushed,
             refs: Arc::new(()),
         };
         if let Ok(Some(committed)) = store.read_meta::<LogId>(KEY_COMMITTED) {
@@ -113,30 +224,29 @@ impl LogStore {
 /// Reader of the raft log used by replication tasks.
 #[derive(Clone)]
 pub struct LogReader {
-    log: sled::Tree,
+    index: Arc<RwLock<Index>>,
     _refs: Arc<()>,
 }
 
 fn read_range<RB: RangeBounds<u64>>(
-    log: &sled::Tree,
+    index: &RwLock<Index>,
     range: RB,
 ) -> Result<Vec<Entry>, StorageError> {
-    let start = match range.start_bound() {
-        Bound::Included(i) => Bound::Included(index_key(*i)),
-        Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
-        Bound::Unbounded => Bound::Unbounded,
+    let from = match range.start_bound() {
+        Bound::Included(i) => *i,
+        Bound::Excluded(i) => i.saturating_add(1),
+        Bound::Unbounded => 0,
     };
-    let end = match range.end_bound() {
-        Bound::Included(i) => Bound::Included(index_key(*i)),
-        Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
-        Bound::Unbounded => Bound::Unbounded,
+    let to = match range.end_bound() {
+        Bound::Included(i) => i.saturating_add(1),
+        Bound::Excluded(i) => *i,
+        Bound::Unbounded => u64::MAX,
     };
-    let mut entries = Vec::new();
-    for item in log.range::<[u8; 8], _>((start, end)) {
-        let (_, value) = item.map_err(read_err)?;
-        entries.push(decode::<Entry>(&value).map_err(read_err)?);
-    }
-    Ok(entries)
+    index
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .read(from, to)
+        .map_err(read_err)
 }
 
 impl RaftLogReader<TypeConfig> for LogReader {
@@ -144,7 +254,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        read_range(&self.log, range)
+        read_range(&self.index, range)
     }
 }
 
@@ -153,7 +263,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        read_range(&self.log, range)
+        read_range(&self.wal.index(), range)
     }
 }
 
@@ -162,10 +272,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id = self.read_meta::<LogId>(KEY_LAST_PURGED)?;
-        let last_log_id = match self.log.last().map_err(read_err)? {
-            Some((_, value)) => Some(decode::<Entry>(&value).map_err(read_err)?.log_id),
-            None => last_purged_log_id,
-        };
+        let last_log_id = self.wal.last_log_id().or(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -174,7 +281,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_reader(&mut self) -> LogReader {
         LogReader {
-            log: self.log.clone(),
+            index: self.wal.index(),
             _refs: self.refs.clone(),
         }
     }
@@ -228,47 +335,29 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
-        for entry in entries {
-            let bytes = encode(&entry).map_err(write_err)?;
-            batch.insert(&index_key(entry.log_id.index), bytes);
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        self.wal.append(&entries).map_err(write_err)?;
+        match self.wal.sync_target() {
+            Some(target) => self
+                .flusher
+                .send(FlushJob::Sync { target, callback })
+                .map_err(|_| write_err(io::Error::other("the log flusher thread has stopped")))?,
+            // Nothing was ever written: nothing to make durable.
+            None => callback.log_io_completed(Ok(())),
         }
-        self.log.apply_batch(batch).map_err(write_err)?;
-        // openraft 0.9 waits for this acknowledgement before it appends again,
-        // so a separate flusher thread would only add two thread hand-offs per
-        // write; concurrent clients share an fsync through proposal batching
-        // (see `batch`) instead.
-        let flushed = self
-            .db
-            .flush()
-            .map(|_| ())
-            .map_err(|e| io::Error::other(e.to_string()));
-        callback.log_io_completed(flushed);
-        self.appends_flushed.send_modify(|n| *n += 1);
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(index_key(log_id.index)..) {
-            let (key, _) = item.map_err(read_err)?;
-            batch.remove(key);
-        }
-        // One batch so a crash leaves either the old or the truncated log, never a hole.
-        self.log.apply_batch(batch).map_err(write_err)?;
-        self.fsync().await
+        // Durable before returning (the file is cut and synced in place).
+        self.wal.truncate(log_id.index).map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        // Record the purge point first: entries at or below it are then ignored even if a crash
-        // leaves some of them behind.
+        // Record the purge point first, and persist the state machine with it (sled holds both):
+        // the purged entries are then never needed again, even after a crash.
         self.write_meta(KEY_LAST_PURGED, &log_id)?;
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(..=index_key(log_id.index)) {
-            let (key, _) = item.map_err(read_err)?;
-            batch.remove(key);
-        }
-        self.log.apply_batch(batch).map_err(write_err)?;
-        self.fsync().await
+        self.fsync().await?;
+        self.wal.purge(log_id.index).map_err(write_err)
     }
 }

@@ -302,7 +302,7 @@ impl Node {
         let span = tracing::info_span!("raft_open", member = %format!("{member_id:x}"), cluster = %format!("{cluster_id:x}"));
         let _enter = span.enter();
 
-        let log_store = LogStore::open(db.clone())?;
+        let log_store = LogStore::open(db.clone(), &cfg.data_dir)?;
         let appends_flushed = log_store.appends_flushed();
         let committed_index = log_store.committed_index();
         let storage_refs = log_store.refs();

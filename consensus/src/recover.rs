@@ -1,7 +1,8 @@
 //! Quorum-loss recovery, the equivalent of `etcd --force-new-cluster`: rewrites a stopped
 //! member's raft state so that it reopens as the only voter of a new cluster, keeping its data.
 //!
-//! What it does to the `raft_log` / `raft_meta` trees, in one sled transaction, then fsynced:
+//! The log file is first moved into the `raft_log` tree (the next open moves it back). What it then
+//! does to the `raft_log` / `raft_meta` trees, in one sled transaction, then fsynced:
 //! - appends one membership entry `{self}` right after the last log id (entry, purge point or
 //!   snapshot), in a term above every term this member has seen, led by this member;
 //! - saves a committed vote for that term by this member, and marks that entry committed;
@@ -128,6 +129,9 @@ pub fn force_new_cluster(
     data_dir: &Path,
     info: MemberInfo,
 ) -> Result<RecoverReport, ConsensusError> {
+    // The log is rewritten in sled, in one transaction with the metadata; the next open moves it
+    // back into the log file.
+    crate::log_store::export_log_to_tree(db, data_dir)?;
     let log = db.open_tree(LOG_TREE)?;
     let meta = db.open_tree(META_TREE)?;
 

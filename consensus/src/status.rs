@@ -129,7 +129,10 @@ fn deposed(metrics: &RaftMetrics<NodeId, MemberInfo>, voters: usize, lease_ms: u
 }
 
 /// The leader as this member sees it, without building a whole [`RaftStatus`].
-pub(crate) fn current_leader(metrics: &RaftMetrics<NodeId, MemberInfo>, lease_ms: u64) -> Option<NodeId> {
+pub(crate) fn current_leader(
+    metrics: &RaftMetrics<NodeId, MemberInfo>,
+    lease_ms: u64,
+) -> Option<NodeId> {
     let voters = metrics.membership_config.membership().voter_ids().count();
     if deposed(metrics, voters, lease_ms) {
         None

@@ -35,7 +35,7 @@ fn open_when_released(path: &Path) -> sled::Db {
 
 async fn reopen_and_check(path: &Path, want_last: u64, want_purged: Option<LogId>) {
     let db = open_when_released(path);
-    let mut store = LogStore::open(db).unwrap();
+    let mut store = LogStore::open(db, path.parent().unwrap()).unwrap();
     let state = store.get_log_state().await.unwrap();
     assert_eq!(state.last_log_id, Some(log_id(2, want_last)));
     assert_eq!(state.last_purged_log_id, want_purged);
@@ -64,7 +64,7 @@ async fn log_vote_and_committed_survive_reopen() {
     let path = dir.path().join("db");
     {
         let db = sled::open(&path).unwrap();
-        let mut store = LogStore::open(db).unwrap();
+        let mut store = LogStore::open(db, path.parent().unwrap()).unwrap();
         store.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
         // Concurrent-style appends: several batches acknowledged by the group-commit flusher.
         store
@@ -83,7 +83,7 @@ async fn log_vote_and_committed_survive_reopen() {
 
     {
         let db = open_when_released(&path);
-        let mut store = LogStore::open(db).unwrap();
+        let mut store = LogStore::open(db, path.parent().unwrap()).unwrap();
         store.purge(log_id(2, 3)).await.unwrap();
     }
     reopen_and_check(&path, 10, Some(log_id(2, 3))).await;
@@ -95,7 +95,7 @@ const CRASH_CHILD_ENV: &str = "TUGBOAT_CONSENSUS_CRASH_CHILD_DIR";
 /// (no sled drop/flush), right after openraft would have been told the entries are durable.
 async fn crash_child(path: &Path) -> ! {
     let db = sled::open(path).unwrap();
-    let mut store = LogStore::open(db).unwrap();
+    let mut store = LogStore::open(db, path.parent().unwrap()).unwrap();
     store.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
     store
         .blocking_append((1..=10).map(|i| entry(2, i)))
@@ -125,7 +125,7 @@ async fn acknowledged_appends_survive_abort() {
     assert!(!status.success(), "the child must die by abort");
 
     let db = sled::open(&path).unwrap();
-    let mut store = LogStore::open(db).unwrap();
+    let mut store = LogStore::open(db, path.parent().unwrap()).unwrap();
     assert_eq!(
         store.read_vote().await.unwrap(),
         Some(Vote::new_committed(2, 1))

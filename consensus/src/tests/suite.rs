@@ -18,7 +18,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineAdapter, tempfile::TempDir> 
     ) -> Result<(tempfile::TempDir, LogStore, StateMachineAdapter), StorageError> {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = sled::open(dir.path().join("db")).expect("open sled");
-        let log = LogStore::open(db.clone()).expect("open log store");
+        let log = LogStore::open(db.clone(), dir.path()).expect("open log store");
         let snapshots =
             SnapshotDir::open(dir.path().join("snapshots"), db, log.refs()).expect("snapshot dir");
         let sm = StateMachineAdapter::new(
