@@ -96,6 +96,9 @@ pub enum ForwardError {
     /// The hop to the leader failed; the outcome of a proposal is unknown.
     #[error("forwarding to the leader failed: {0}")]
     Transport(String),
+    /// The leader could not be reached at all: the request was not delivered.
+    #[error("the leader is unreachable: {0}")]
+    Unreachable(String),
     /// Raft failed for good on the leader.
     #[error("leader failed: {0}")]
     Fatal(String),
@@ -109,9 +112,22 @@ pub trait AppHandler: Send + Sync + 'static {
     async fn call(&self, method: &str, body: Vec<u8>) -> Result<Vec<u8>, ForwardError>;
 }
 
-/// A request to forward may be retried on another leader only when it surely did not take effect.
-pub(crate) fn retry_safe(e: &ForwardError) -> bool {
-    matches!(e, ForwardError::NotLeader { .. })
+/// Whether `req` may be sent again after `e`: always when it surely did not take effect;
+/// reads and idempotent requests also after failures whose effect is unknown.
+pub(crate) fn may_retry(req: &ForwardRequest, e: &ForwardError) -> bool {
+    let not_delivered = matches!(
+        e,
+        ForwardError::NotLeader { .. } | ForwardError::Unreachable(_)
+    );
+    let transient = matches!(
+        e,
+        ForwardError::Unavailable(_) | ForwardError::Transport(_) | ForwardError::ShuttingDown
+    );
+    let idempotent = matches!(
+        req,
+        ForwardRequest::ReadIndex | ForwardRequest::AddLearner { .. } | ForwardRequest::App { .. }
+    );
+    not_delivered || (transient && idempotent)
 }
 
 /// Per-leader channels for forwarded requests.
@@ -172,11 +188,15 @@ impl Forwarder {
                 )))
             }
             Ok(Err(status)) => {
-                return Err(ForwardError::Transport(format!(
-                    "{:?}: {}",
-                    status.code(),
-                    status.message()
-                )))
+                let message = format!("{:?}: {}", status.code(), status.message());
+                // A refused or failed connect never carried the request.
+                let connect_failed = status.code() == tonic::Code::Unavailable
+                    && status.message().to_ascii_lowercase().contains("connect");
+                return Err(if connect_failed {
+                    ForwardError::Unreachable(message)
+                } else {
+                    ForwardError::Transport(message)
+                });
             }
             Ok(Ok(reply)) => reply.into_inner(),
         };
@@ -224,8 +244,9 @@ impl Forwarder {
     }
 }
 
-/// Hops tried when leadership moves while a request is being forwarded.
-const MAX_HOPS: usize = 3;
+/// How long a request keeps being retried while leadership moves (below the etcd façade's
+/// request timeout, so clients get this member's answer rather than their own timeout).
+const RETRY_WINDOW: Duration = Duration::from_secs(5);
 
 fn from_propose_error(e: ProposeError) -> ForwardError {
     match e {
@@ -245,9 +266,10 @@ fn to_propose_error(e: ForwardError) -> ProposeError {
             leader: Some(leader),
         } => ProposeError::NotLeader { leader },
         ForwardError::NotLeader { leader: None } => ProposeError::NoLeader,
-        ForwardError::Unavailable(m) | ForwardError::Transport(m) | ForwardError::Rejected(m) => {
-            ProposeError::Unavailable(m)
-        }
+        ForwardError::Unavailable(m)
+        | ForwardError::Transport(m)
+        | ForwardError::Unreachable(m)
+        | ForwardError::Rejected(m) => ProposeError::Unavailable(m),
         ForwardError::ShuttingDown => {
             ProposeError::Unavailable("the leader is shutting down".into())
         }
@@ -312,8 +334,17 @@ impl Node {
         timeout: Duration,
     ) -> Result<(ForwardReply, bool), ForwardError> {
         let mut last = ForwardError::NotLeader { leader: None };
-        for _ in 0..MAX_HOPS {
-            let result = match self.route().await? {
+        let deadline = tokio::time::Instant::now() + RETRY_WINDOW;
+        while tokio::time::Instant::now() < deadline {
+            let route = match self.route().await {
+                Ok(r) => r,
+                Err(e) if may_retry(&req, &e) => {
+                    last = e;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let result = match route {
                 Route::Local => self.serve_forwarded(req.clone()).await.map(|r| (r, true)),
                 Route::Leader(id, info) => self
                     .inner()
@@ -323,9 +354,10 @@ impl Node {
                     .map(|r| (r, false)),
             };
             match result {
-                Err(e) if retry_safe(&e) => {
+                Err(e) if may_retry(&req, &e) => {
+                    tracing::debug!(error = %e, "retrying a request for the leader");
                     last = e;
-                    // Let this member learn about the new leader before the next hop.
+                    // Let this member learn about a new leader before the next attempt.
                     tokio::time::sleep(self.inner().heartbeat).await;
                 }
                 other => return other,

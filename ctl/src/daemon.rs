@@ -430,6 +430,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             failed = Some(err);
         }
     }
+    server.close_streams();
     let _ = stop_tx.send(true);
     expiry.abort();
     let drain = async { while tasks.join_next().await.is_some() {} };

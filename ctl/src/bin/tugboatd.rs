@@ -52,6 +52,8 @@ fn main() -> std::process::ExitCode {
             Command::Recover(args) => daemon::recover(args),
         }
     });
+    // Stray blocking tasks (a history replay, a DNS lookup) must not hold the exit up.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -44,9 +44,9 @@ fn membership_status(e: ForwardError) -> Status {
         ForwardError::Rejected(m) => Status::failed_precondition(m),
         ForwardError::NotLeader { .. } => crate::error::StoreError::NoLeader.into(),
         ForwardError::ShuttingDown => crate::error::StoreError::Stopped.into(),
-        ForwardError::Unavailable(_) | ForwardError::Transport(_) => {
-            Status::unavailable("etcdserver: request timed out")
-        }
+        ForwardError::Unavailable(_)
+        | ForwardError::Transport(_)
+        | ForwardError::Unreachable(_) => Status::unavailable("etcdserver: request timed out"),
         ForwardError::Fatal(m) => Status::internal(format!("etcdserver: {m}")),
     }
 }

@@ -88,8 +88,14 @@ impl Lease for LeaseService {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let server = self.0.clone();
         tokio::spawn(async move {
+            let closed = server.closed();
+            tokio::pin!(closed);
             loop {
-                let req = match incoming.message().await {
+                let next = tokio::select! {
+                    _ = &mut closed => break,
+                    next = incoming.message() => next,
+                };
+                let req = match next {
                     Ok(Some(r)) => r,
                     Ok(None) => break,
                     Err(e) => {

@@ -69,6 +69,9 @@ pub struct EtcdServer {
     pub cfg: ServerConfig,
     /// Request counters.
     pub metrics: metrics::Metrics,
+    /// Set when the member stops: long-lived streams (watches, keep-alives) end, so listeners
+    /// can drain at once.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 fn propose_error(e: ProposeError) -> Status {
@@ -95,9 +98,23 @@ impl EtcdServer {
             raft,
             cfg,
             metrics: metrics::Metrics::default(),
+            closing: tokio::sync::watch::Sender::new(false),
         });
         server.install_leader_calls();
         server
+    }
+
+    /// Ends every watch and keep-alive stream (the member is stopping).
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once [`EtcdServer::close_streams`] was called.
+    pub(crate) fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.closing.subscribe();
+        async move {
+            let _ = rx.wait_for(|c| *c).await;
+        }
     }
 
     /// The response header at `revision`.

@@ -134,8 +134,11 @@ impl WatchSession {
     async fn serve(&mut self, incoming: &mut Streaming<WatchRequest>) {
         let period = self.server.cfg.watch_progress_interval;
         let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let closed = self.server.closed();
+        tokio::pin!(closed);
         loop {
             let step = tokio::select! {
+                _ = &mut closed => Err(Stop::ClientGone),
                 req = incoming.message() => match req {
                     Ok(Some(req)) => self.handle(req).await,
                     Ok(None) => Err(Stop::ClientGone),
