@@ -21,7 +21,7 @@ use crate::Node;
 /// A learner this close to the leader's log counts as caught up.
 const CATCH_UP_SLACK: u64 = 100;
 /// How often the role keeper looks at the membership.
-const KEEPER_PERIOD: Duration = Duration::from_millis(500);
+const KEEPER_PERIOD: Duration = Duration::from_millis(100);
 /// How long an explicit change waits for another membership change to finish.
 const IN_PROGRESS_WAIT: Duration = Duration::from_secs(20);
 
