@@ -3,8 +3,8 @@
 //! Integration tests live in `tests/`; see `harness` for the API they use.
 
 pub mod harness;
-pub mod netns;
 pub mod load;
+pub mod netns;
 pub mod session;
 
 pub use harness::*;
