@@ -32,6 +32,11 @@ pub(crate) async fn run_elections(weak: Weak<NodeInner>) {
     let tick = node.inner().heartbeat;
     drop(node);
     let mut timeout = randomized(base);
+    // This member's own election timer. It is kept apart from the leader contact that pre-vote
+    // answers are based on: restarting one's own timer after a lost round must not make this
+    // member tell another candidate "I hear a leader", or two candidates refuse each other
+    // forever.
+    let mut last_attempt = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(tick).await;
         let Some(node) = Node::from_weak(&weak) else {
@@ -55,14 +60,17 @@ pub(crate) async fn run_elections(weak: Weak<NodeInner>) {
             // A standby hears nothing once it is removed; after a long silence it asks the
             // voters whether it still belongs (their answer sets `removed`).
             let is_learner = node.member_info(me).is_some();
-            if is_learner && node.leader_silence() >= base * LEARNER_PROBE_AFTER {
+            if is_learner
+                && node.leader_silence() >= base * LEARNER_PROBE_AFTER
+                && last_attempt.elapsed() >= base * LEARNER_PROBE_AFTER
+            {
                 pre_vote(&node, &configs, base).await;
-                node.heard_from_leader();
+                last_attempt = tokio::time::Instant::now();
             }
             continue;
         }
         let single_voter = configs.iter().all(|c| c.len() == 1 && c.contains(&me));
-        if !single_voter && node.leader_silence() < timeout {
+        if !single_voter && (node.leader_silence() < timeout || last_attempt.elapsed() < timeout) {
             continue;
         }
         let term_before = node.term();
@@ -78,7 +86,7 @@ pub(crate) async fn run_elections(weak: Weak<NodeInner>) {
             }
         }
         // Restart the timer whatever happened: the next attempt waits a fresh random timeout.
-        node.heard_from_leader();
+        last_attempt = tokio::time::Instant::now();
         timeout = randomized(base);
     }
 }
@@ -104,7 +112,7 @@ async fn pre_vote(node: &Node, configs: &[BTreeSet<NodeId>], base: Duration) -> 
                         .pre_vote(*id, &info, &req, base / 2)
                         .await
                 }
-                None => None,
+                None => Err("not in this member's address book".to_string()),
             };
             (*id, answer)
         }
@@ -120,7 +128,7 @@ async fn pre_vote(node: &Node, configs: &[BTreeSet<NodeId>], base: Duration) -> 
             .all(|c| c.iter().filter(|id| granted.contains(id)).count() * 2 > c.len())
     };
     while let Some((id, answer)) = futures::StreamExt::next(&mut pending).await {
-        if answer.as_ref().is_some_and(|a| a.granted) {
+        if answer.as_ref().is_ok_and(|a| a.granted) {
             granted.insert(id);
         }
         answers.push((id, answer));
@@ -130,7 +138,7 @@ async fn pre_vote(node: &Node, configs: &[BTreeSet<NodeId>], base: Duration) -> 
     }
     let disowned = answers
         .iter()
-        .filter(|(_, a)| a.as_ref().is_some_and(|a| !a.member))
+        .filter(|(_, a)| a.as_ref().is_ok_and(|a| !a.member))
         .count();
     if disowned * 2 > others.len() {
         tracing::warn!("a majority of the other voters no longer counts this member in");
@@ -141,8 +149,17 @@ async fn pre_vote(node: &Node, configs: &[BTreeSet<NodeId>], base: Duration) -> 
     }
     let ok = majority(&granted);
     if !ok {
-        tracing::debug!(
+        let refused: Vec<String> = answers
+            .iter()
+            .map(|(id, a)| match a {
+                Err(e) => format!("{id:x}: {e}"),
+                Ok(a) if !a.member => format!("{id:x}: not a member"),
+                Ok(_) => format!("{id:x}: hears a leader"),
+            })
+            .collect();
+        tracing::info!(
             granted = granted.len(),
+            ?refused,
             "pre-vote lost; not starting an election"
         );
     }

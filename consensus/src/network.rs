@@ -47,9 +47,6 @@ pub struct PeerNetworkFactory {
     cluster_id: u64,
     tls: Option<ClientTlsConfig>,
     health: Arc<PeerHealth>,
-    /// Runtime the channels' connection tasks (TLS, HTTP/2) run on: not raft's own thread,
-    /// which then only hands requests over.
-    io: Option<tokio::runtime::Handle>,
 }
 
 /// When each peer last answered a raft RPC (the leader's view of follower health).
@@ -89,7 +86,6 @@ impl PeerNetworkFactory {
             cluster_id,
             tls,
             health,
-            io: tokio::runtime::Handle::try_current().ok(),
         }
     }
 }
@@ -98,7 +94,6 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &MemberInfo) -> PeerClient {
-        let _io = self.io.as_ref().map(|h| h.enter());
         PeerClient::new(
             self.id,
             self.cluster_id,
