@@ -112,15 +112,19 @@ pub trait AppHandler: Send + Sync + 'static {
     async fn call(&self, method: &str, body: Vec<u8>) -> Result<Vec<u8>, ForwardError>;
 }
 
-/// Whether a request may be sent again after `e`: only when the receiver said it is not the
-/// leader, so the request surely did not take effect.
-///
-/// Retrying reads and undelivered requests as well (while the leader is unreachable) was
-/// tried: under the nemesis test it kept the survivors of a removed leader from electing a new
-/// one for 15-25 s (their peer calls, pre-votes included, timed out meanwhile). Until that is
-/// understood, a follower answers such requests with an error at once, as before.
-pub(crate) fn may_retry(_req: &ForwardRequest, e: &ForwardError) -> bool {
-    matches!(e, ForwardError::NotLeader { .. })
+/// Whether `req` may be sent again after `e`: always when it surely did not take effect (the
+/// receiver is not the leader, or could not be reached at all); read indexes also after
+/// failures whose effect is unknown, since asking again changes nothing.
+pub(crate) fn may_retry(req: &ForwardRequest, e: &ForwardError) -> bool {
+    let not_delivered = matches!(
+        e,
+        ForwardError::NotLeader { .. } | ForwardError::Unreachable(_)
+    );
+    let transient = matches!(
+        e,
+        ForwardError::Unavailable(_) | ForwardError::Transport(_) | ForwardError::ShuttingDown
+    );
+    not_delivered || (transient && matches!(req, ForwardRequest::ReadIndex))
 }
 
 /// Per-leader channels for forwarded requests.
@@ -240,8 +244,9 @@ impl Forwarder {
     }
 }
 
-/// How long a request keeps being retried while leadership moves (a few hops).
-const RETRY_WINDOW: Duration = Duration::from_secs(1);
+/// How long a request keeps being retried while leadership moves (below the etcd façade's
+/// request timeout, so clients get this member's answer rather than their own timeout).
+const RETRY_WINDOW: Duration = Duration::from_secs(5);
 
 fn from_propose_error(e: ProposeError) -> ForwardError {
     match e {
@@ -287,14 +292,12 @@ impl Node {
         loop {
             match self.leader() {
                 Some(l) if l == self.member_id() => return Ok(Route::Local),
-                Some(l) => match self.member_info(l) {
-                    Some(info) => return Ok(Route::Leader(l, info)),
-                    None => {
-                        return Err(ForwardError::Unavailable(format!(
-                            "leader {l:x} is not in this member's membership yet"
-                        )))
+                // A leader missing from the membership was just removed: wait for the next one.
+                Some(l) => {
+                    if let Some(info) = self.member_info(l) {
+                        return Ok(Route::Leader(l, info));
                     }
-                },
+                }
                 None => {}
             }
             let now = tokio::time::Instant::now();
@@ -335,6 +338,7 @@ impl Node {
                 Ok(r) => r,
                 Err(e) if may_retry(&req, &e) => {
                     last = e;
+                    tokio::time::sleep(self.inner().heartbeat).await;
                     continue;
                 }
                 Err(e) => return Err(e),

@@ -124,8 +124,11 @@ pub(crate) fn connect_lazy(url: &str, tls: Option<ClientTlsConfig>) -> Result<Ch
         .map_err(|e| e.to_string())?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5));
+        // A peer that froze (SIGSTOP, a dead link that sends no reset) must be noticed within
+        // a couple of election timeouts, not after the usual tens of seconds.
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(1))
+        .keep_alive_while_idle(true);
     if let Some(tls) = tls {
         endpoint = endpoint.tls_config(tls).map_err(|e| e.to_string())?;
     }

@@ -491,6 +491,9 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
         .with_context(|| format!("listening on {addr}"))
 }
 
+/// Streams a client may reset before the server accepted them (h2's rapid-reset guard).
+const MAX_PENDING_RESETS: usize = 1000;
+
 /// How long a client may take to complete the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Accepted connections waiting for tonic to pick them up.
@@ -563,7 +566,11 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving {what}");
-    let mut builder = Server::builder().http2_keepalive_interval(Some(Duration::from_secs(30)));
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // Raft peers cancel every request a frozen member did not answer in time; when it
+        // thaws, h2's rapid-reset guard (20 by default) would drop the whole connection.
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS));
     let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
