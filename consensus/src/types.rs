@@ -104,10 +104,16 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, bincode::error:
     bincode::serde::encode_to_vec(value, bincode::config::standard())
 }
 
+/// Most memory one decoded value may claim. Peers and the disk control the length prefixes: a
+/// few bytes claiming a terabyte must be an error, not an allocation that aborts the process.
+/// (Above the peer message limit, with room for decoded values being larger than encoded.)
+const DECODE_LIMIT: usize = 256 * 1024 * 1024;
+
 /// Decodes a value written by [`encode`]; trailing bytes are rejected as corruption.
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
-    let (value, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-        .map_err(|e| DecodeError(e.to_string()))?;
+    let config = bincode::config::standard().with_limit::<DECODE_LIMIT>();
+    let (value, used) =
+        bincode::serde::decode_from_slice(bytes, config).map_err(|e| DecodeError(e.to_string()))?;
     if used != bytes.len() {
         return Err(DecodeError(format!(
             "{} trailing bytes after value",
@@ -121,3 +127,23 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, 
 #[derive(Debug, thiserror::Error)]
 #[error("decode: {0}")]
 pub struct DecodeError(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_length_prefix_is_an_error_not_an_allocation() {
+        // A varint length of 2^40 (0xFD + u64) with no payload behind it.
+        let mut bytes = vec![0xfd];
+        bytes.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(decode::<Command>(&bytes).is_err());
+        assert!(decode::<Vec<(u64, String)>>(&bytes).is_err());
+        let mut request = vec![0x00];
+        request.extend_from_slice(&bytes);
+        assert!(decode::<crate::forward::ForwardRequest>(&request).is_err());
+        // Ordinary values still round-trip.
+        let cmd = Command(vec![7; 1000]);
+        assert_eq!(decode::<Command>(&encode(&cmd).unwrap()).unwrap(), cmd);
+    }
+}
