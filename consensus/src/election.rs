@@ -42,7 +42,7 @@ pub(crate) async fn run_elections(weak: Weak<NodeInner>) {
         let Some(node) = Node::from_weak(&weak) else {
             return;
         };
-        if node.status().is_leader() {
+        if node.is_leader() {
             // A deposed leader waits a full timeout before campaigning again.
             node.heard_from_leader();
             continue;

@@ -13,8 +13,7 @@ use tonic::transport::{Channel, ClientTlsConfig};
 
 use crate::error::ProposeError;
 use crate::network::pb::raft_peer_client::RaftPeerClient;
-use crate::network::pb::RaftPayload;
-use crate::network::{connect_lazy, CLUSTER_ID_HEADER, MAX_PEER_MESSAGE_BYTES};
+use crate::network::{connect_lazy, peer_request, MAX_PEER_MESSAGE_BYTES};
 use crate::types::{decode, encode, Command, MemberInfo, NodeId};
 use crate::Node;
 
@@ -173,11 +172,7 @@ impl Forwarder {
     ) -> Result<ForwardReply, ForwardError> {
         let mut client = self.client(leader, info)?;
         let data = encode(req).map_err(|e| ForwardError::Transport(e.to_string()))?;
-        let mut request = tonic::Request::new(RaftPayload { data });
-        request.set_timeout(timeout);
-        if let Ok(value) = self.cluster_id.to_string().parse() {
-            request.metadata_mut().insert(CLUSTER_ID_HEADER, value);
-        }
+        let request = peer_request(data, timeout, self.cluster_id);
         let reply = match tokio::time::timeout(timeout, client.forward(request)).await {
             Err(_) => {
                 return Err(ForwardError::Transport(format!(
@@ -200,6 +195,26 @@ impl Forwarder {
         decode::<Result<ForwardReply, ForwardError>>(&reply.data)
             .map_err(|e| ForwardError::Transport(e.to_string()))?
     }
+
+    /// Asks `target` whether it would grant a vote now; a failure is returned as text.
+    pub(crate) async fn pre_vote(
+        &self,
+        target: NodeId,
+        info: &MemberInfo,
+        req: &PreVoteRequest,
+        timeout: Duration,
+    ) -> Result<PreVoteResponse, String> {
+        let mut client = self.client(target, info).map_err(|e| e.to_string())?;
+        let data = encode(req).map_err(|e| e.to_string())?;
+        let request = peer_request(data, timeout, self.cluster_id);
+        match tokio::time::timeout(timeout, client.pre_vote(request)).await {
+            Ok(Ok(reply)) => {
+                decode::<PreVoteResponse>(&reply.into_inner().data).map_err(|e| e.to_string())
+            }
+            Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
+    }
 }
 
 /// What a member answers to a pre-vote.
@@ -216,32 +231,6 @@ pub(crate) struct PreVoteResponse {
     pub(crate) granted: bool,
     /// False when the candidate is not in the receiver's membership (it was removed).
     pub(crate) member: bool,
-}
-
-impl Forwarder {
-    /// Asks `target` whether it would grant a vote now; a failure is returned as text.
-    pub(crate) async fn pre_vote(
-        &self,
-        target: NodeId,
-        info: &MemberInfo,
-        req: &PreVoteRequest,
-        timeout: Duration,
-    ) -> Result<PreVoteResponse, String> {
-        let mut client = self.client(target, info).map_err(|e| e.to_string())?;
-        let data = encode(req).map_err(|e| e.to_string())?;
-        let mut request = tonic::Request::new(RaftPayload { data });
-        request.set_timeout(timeout);
-        if let Ok(value) = self.cluster_id.to_string().parse() {
-            request.metadata_mut().insert(CLUSTER_ID_HEADER, value);
-        }
-        match tokio::time::timeout(timeout, client.pre_vote(request)).await {
-            Ok(Ok(reply)) => {
-                decode::<PreVoteResponse>(&reply.into_inner().data).map_err(|e| e.to_string())
-            }
-            Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
-            Err(_) => Err(format!("no answer within {timeout:?}")),
-        }
-    }
 }
 
 /// How long a request keeps being retried while leadership moves (below the etcd façade's
@@ -436,14 +425,6 @@ impl Node {
     /// Makes the caught-up learner `id` a voter, if the role policy allows it.
     pub async fn promote_member(&self, id: NodeId) -> Result<(), ForwardError> {
         self.membership_change(ForwardRequest::Promote { id }).await
-    }
-
-    /// True once a majority of the other voters answered that this member is no longer in
-    /// their membership: it was removed while it could not learn so from the log.
-    pub fn was_removed(&self) -> bool {
-        self.inner()
-            .removed
-            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Removes member `id` (voter or learner) from the cluster.

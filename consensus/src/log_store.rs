@@ -39,13 +39,10 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::write_logs(AnyError::new(&e)).into()
 }
 
-/// Work for the flusher thread.
-enum FlushJob {
-    /// Make appends to `target` durable, then acknowledge them.
-    Sync {
-        target: Arc<Segment>,
-        callback: LogFlushed<TypeConfig>,
-    },
+/// Work for the flusher thread: make appends to `target` durable, then acknowledge them.
+struct FlushJob {
+    target: Arc<Segment>,
+    callback: LogFlushed<TypeConfig>,
 }
 
 /// Shares `fdatasync`s among queued appends; ends when the store is dropped.
@@ -55,18 +52,18 @@ fn run_flusher(jobs: mpsc::Receiver<FlushJob>, flushed: Arc<tokio::sync::watch::
         while let Ok(more) = jobs.try_recv() {
             batch.push(more);
         }
-        let mut synced: Vec<(*const Segment, Result<(), String>)> = Vec::new();
+        // One sync per file, shared by every job of the batch that wrote to it.
+        let mut synced: Vec<(Arc<Segment>, Result<(), String>)> = Vec::new();
         let count = batch.len() as u64;
-        for FlushJob::Sync { target, callback } in batch {
-            let key = Arc::as_ptr(&target);
-            let result = match synced.iter().find(|(k, _)| *k == key) {
+        for FlushJob { target, callback } in batch {
+            let result = match synced.iter().find(|(s, _)| Arc::ptr_eq(s, &target)) {
                 Some((_, r)) => r.clone(),
                 None => {
                     let r = target
                         .file
                         .sync_data()
                         .map_err(|e| format!("fdatasync {}: {e}", target.path.display()));
-                    synced.push((key, r.clone()));
+                    synced.push((target.clone(), r.clone()));
                     r
                 }
             };
@@ -340,7 +337,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         match self.wal.sync_target() {
             Some(target) => self
                 .flusher
-                .send(FlushJob::Sync { target, callback })
+                .send(FlushJob { target, callback })
                 .map_err(|_| write_err(io::Error::other("the log flusher thread has stopped")))?,
             // Nothing was ever written: nothing to make durable.
             None => callback.log_io_completed(Ok(())),

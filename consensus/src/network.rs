@@ -135,6 +135,21 @@ pub(crate) fn connect_lazy(url: &str, tls: Option<ClientTlsConfig>) -> Result<Ch
     Ok(endpoint.connect_lazy())
 }
 
+/// A peer call carrying `data`, with a deadline and the sender's cluster id.
+pub(crate) fn peer_request(
+    data: Vec<u8>,
+    timeout: Duration,
+    cluster_id: u64,
+) -> tonic::Request<RaftPayload> {
+    let mut request = tonic::Request::new(RaftPayload { data });
+    request.set_timeout(timeout);
+    request.metadata_mut().insert(
+        CLUSTER_ID_HEADER,
+        tonic::metadata::MetadataValue::from(cluster_id),
+    );
+    request
+}
+
 /// Raft RPC client to one peer (openraft `RaftNetwork`).
 pub struct PeerClient {
     id: NodeId,
@@ -193,11 +208,7 @@ impl PeerClient {
             Err(e) => return Err(RPCError::Unreachable(Unreachable::new(e))),
         };
         let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let mut request = tonic::Request::new(RaftPayload { data });
-        request.set_timeout(option.hard_ttl());
-        if let Ok(value) = self.cluster_id.to_string().parse() {
-            request.metadata_mut().insert(CLUSTER_ID_HEADER, value);
-        }
+        let request = peer_request(data, option.hard_ttl(), self.cluster_id);
         let fut = async {
             match action {
                 RPCTypes::AppendEntries => client.append_entries(request).await,

@@ -21,10 +21,10 @@ use crate::state_machine::{StateMachine, StateMachineAdapter};
 use crate::status::RaftStatus;
 use crate::types::{decode, encode, MemberInfo, NodeId, Raft};
 
-const KEY_MEMBER_ID: &[u8] = b"member_id";
-const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
+pub(crate) const KEY_MEMBER_ID: &[u8] = b"member_id";
+pub(crate) const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
 /// How this member came to exist; a bootstrapped member re-runs an interrupted initialization.
-const KEY_ORIGIN: &[u8] = b"origin";
+pub(crate) const KEY_ORIGIN: &[u8] = b"origin";
 const ORIGIN_BOOTSTRAP: &[u8] = b"bootstrap";
 const ORIGIN_JOIN: &[u8] = b"join";
 /// Upper bound on waiting for openraft's background tasks to drop the storage after shutdown.
@@ -116,6 +116,11 @@ impl NodeConfig {
     }
 }
 
+/// How long a leader may go without hearing from a quorum before it counts itself deposed.
+fn quorum_lease_ms(election_timeout_ms: u64) -> u64 {
+    election_timeout_ms.saturating_mul(2)
+}
+
 /// How [`Node::open_with`] treats an empty store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bootstrap {
@@ -187,10 +192,14 @@ fn random_nonzero_id() -> u64 {
     }
 }
 
-fn read_id(meta: &sled::Tree, key: &[u8]) -> Result<Option<u64>, ConsensusError> {
+/// Reads and decodes a value of the raft metadata tree.
+pub(crate) fn read_meta<T: serde::de::DeserializeOwned>(
+    meta: &sled::Tree,
+    key: &[u8],
+) -> Result<Option<T>, ConsensusError> {
     match meta.get(key)? {
         None => Ok(None),
-        Some(bytes) => decode::<u64>(&bytes)
+        Some(bytes) => decode(&bytes)
             .map(Some)
             .map_err(|e| ConsensusError::Corrupt(format!("{}: {e}", String::from_utf8_lossy(key)))),
     }
@@ -204,8 +213,8 @@ fn load_or_assign_ids(
 ) -> Result<(NodeId, u64, bool), ConsensusError> {
     let meta = db.open_tree(META_TREE)?;
     let stored = (
-        read_id(&meta, KEY_MEMBER_ID)?,
-        read_id(&meta, KEY_CLUSTER_ID)?,
+        read_meta::<u64>(&meta, KEY_MEMBER_ID)?,
+        read_meta::<u64>(&meta, KEY_CLUSTER_ID)?,
     );
     if let (Some(member_id), Some(cluster_id)) = stored {
         if let Bootstrap::Join {
@@ -307,7 +316,7 @@ impl Node {
         let committed_index = log_store.committed_index();
         let storage_refs = log_store.refs();
         let snapshots = Arc::new(SnapshotDir::open(
-            cfg.data_dir.join("snapshots"),
+            cfg.data_dir.join(crate::snapshot::SNAPSHOT_DIR),
             db,
             storage_refs.clone(),
         )?);
@@ -346,7 +355,7 @@ impl Node {
             tracing::info!(member = %format!("{member_id:x}"), cluster = %format!("{cluster_id:x}"), "bootstrapped new cluster");
         }
 
-        let lease_ms = cfg.election_timeout_ms.saturating_mul(2);
+        let lease_ms = quorum_lease_ms(cfg.election_timeout_ms);
         let (status_tx, status_rx) = watch::channel(RaftStatus::from_metrics(
             &raft.metrics().borrow(),
             committed_index.load(Ordering::Relaxed),
@@ -476,7 +485,7 @@ impl Node {
 
     /// Lease after which a leader that heard no quorum counts itself deposed (milliseconds).
     pub(crate) fn lease_ms(&self) -> u64 {
-        (self.inner.election_timeout.as_millis() as u64).saturating_mul(2)
+        quorum_lease_ms(self.inner.election_timeout.as_millis() as u64)
     }
 
     /// The leader as this member sees it now (cheap; no membership copy).
@@ -525,6 +534,12 @@ impl Node {
     /// When each peer last answered this member's raft RPCs.
     pub fn peer_health(&self) -> &PeerHealth {
         &self.inner.health
+    }
+
+    /// True once a majority of the other voters answered that this member is no longer in
+    /// their membership: it was removed while it could not learn so from the log.
+    pub fn was_removed(&self) -> bool {
+        self.inner.removed.load(Ordering::Relaxed)
     }
 
     /// Installs the handler for application calls forwarded to the leader.

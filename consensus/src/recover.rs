@@ -33,33 +33,19 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use openraft::{CommittedLeaderId, EntryPayload, Membership};
-use serde::Deserialize;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 use crate::error::ConsensusError;
 use crate::log_store::{KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE, LOG_TREE, META_TREE};
+use crate::node::{read_meta, KEY_CLUSTER_ID, KEY_MEMBER_ID, KEY_ORIGIN};
+use crate::snapshot::{SnapshotRecord, KEY_SNAPSHOT, SNAPSHOT_DIR};
 use crate::types::{
     decode, encode, Entry, LogId, MemberInfo, NodeId, SnapshotMeta, StoredMembership, Vote,
 };
 
-// These keys and the snapshot record are private to `node` and `snapshot`; they are repeated
-// here so recovery needs no hooks in the running-node code. The recovery integration test
-// reopens a recovered member with a purged log, so a format drift fails that test.
-const KEY_MEMBER_ID: &[u8] = b"member_id";
-const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
-const KEY_ORIGIN: &[u8] = b"origin";
 /// Any origin but "bootstrap" makes `Node::open` resume instead of initializing.
 const ORIGIN_RECOVER: &[u8] = b"recover";
-const KEY_SNAPSHOT: &[u8] = b"snapshot";
-const SNAPSHOT_DIR: &str = "snapshots";
-
-/// Layout of `snapshot::SnapshotRecord` (bincode is positional: same fields, same order).
-#[derive(Deserialize)]
-struct SnapshotRecord {
-    meta: SnapshotMeta,
-    file: String,
-}
 
 /// Outcome of [`force_new_cluster`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,18 +68,6 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> ConsensusError {
 
 fn encoded<T: serde::Serialize>(what: &str, value: &T) -> Result<Vec<u8>, ConsensusError> {
     encode(value).map_err(|e| ConsensusError::Storage(format!("encode {what}: {e}")))
-}
-
-fn read_meta<T: serde::de::DeserializeOwned>(
-    meta: &sled::Tree,
-    key: &[u8],
-) -> Result<Option<T>, ConsensusError> {
-    match meta.get(key)? {
-        None => Ok(None),
-        Some(bytes) => decode(&bytes)
-            .map(Some)
-            .map_err(|e| corrupt(&String::from_utf8_lossy(key), e)),
-    }
 }
 
 fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry, ConsensusError> {
@@ -295,14 +269,9 @@ fn last_membership(
 mod tests {
     use super::*;
 
-    /// Writes what `snapshot::SnapshotRecord` holds (same field order) for a snapshot at `last`.
+    /// Records a snapshot at `last` as `snapshot` does.
     fn write_snapshot_record(meta: &sled::Tree, last: LogId, membership: StoredMembership) {
-        #[derive(serde::Serialize)]
-        struct Record {
-            meta: SnapshotMeta,
-            file: String,
-        }
-        let record = Record {
+        let record = SnapshotRecord {
             meta: SnapshotMeta {
                 last_log_id: Some(last),
                 last_membership: membership,

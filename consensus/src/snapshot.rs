@@ -14,15 +14,18 @@ use crate::log_store::META_TREE;
 use crate::state_machine::{AppliedRecord, ApplyGate, StateMachine};
 use crate::types::{decode, encode, SnapshotMeta, StorageError, TypeConfig};
 
-const KEY_SNAPSHOT: &[u8] = b"snapshot";
+/// Key of the current snapshot's record in the raft metadata tree.
+pub(crate) const KEY_SNAPSHOT: &[u8] = b"snapshot";
+/// Directory of snapshot files under the data dir.
+pub(crate) const SNAPSHOT_DIR: &str = "snapshots";
 const SNAP_EXT: &str = "snap";
 const TMP_PREFIX: &str = "tmp-";
 
 /// Which file holds the current snapshot, and its openraft metadata.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct SnapshotRecord {
-    meta: SnapshotMeta,
-    file: String,
+pub(crate) struct SnapshotRecord {
+    pub(crate) meta: SnapshotMeta,
+    pub(crate) file: String,
 }
 
 fn snap_err(e: impl std::error::Error + 'static) -> StorageError {

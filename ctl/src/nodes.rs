@@ -2,12 +2,12 @@
 //! and raft position, as each member reports it itself, plus the workers;
 //! removing a member goes through the leader (MemberRemove).
 
-use crate::local::{admin_channel, admin_channel_to};
+use crate::local::{admin_channel, admin_channel_to, member_list, prefix_range};
 use anyhow::Context;
 use std::path::Path;
 use tugboat_store::pb::etcdserverpb::{
     cluster_client::ClusterClient, kv_client::KvClient, maintenance_client::MaintenanceClient,
-    DeleteRangeRequest, MemberListRequest, MemberRemoveRequest, RangeRequest, StatusRequest,
+    DeleteRangeRequest, MemberRemoveRequest, StatusRequest,
 };
 
 /// One row of `tugboat node list`.
@@ -32,13 +32,8 @@ pub struct NodeRow {
 /// Lists the members, asking each one for its status.
 pub async fn list(data_dir: &Path) -> anyhow::Result<Vec<NodeRow>> {
     let (_, channel) = admin_channel(data_dir).await?;
-    let resp = ClusterClient::new(channel.clone())
-        .member_list(MemberListRequest { linearizable: true })
-        .await
-        .context("listing members")?
-        .into_inner();
     let mut rows = Vec::new();
-    for m in resp.members {
+    for m in member_list(&channel).await? {
         let client_url = m.client_ur_ls.first().cloned().unwrap_or_default();
         let status = match admin_channel_to(data_dir, &client_url).await {
             Ok(ch) => MaintenanceClient::new(ch)
@@ -80,32 +75,24 @@ async fn workers(channel: &tonic::transport::Channel) -> anyhow::Result<Vec<Node
     use crate::join::server::{WorkerRecord, WORKER_KEY_PREFIX};
     use crate::worker::HEARTBEAT_KEY_PREFIX;
     let mut kv = KvClient::new(channel.clone());
-    let list = |prefix: &str| RangeRequest {
-        key: prefix.as_bytes().to_vec(),
-        // The prefixes end in '/', so bumping the last byte ends the range.
-        range_end: {
-            let mut end = prefix.as_bytes().to_vec();
-            if let Some(last) = end.last_mut() {
-                *last += 1;
-            }
-            end
-        },
-        ..Default::default()
-    };
     let records = kv
-        .range(list(WORKER_KEY_PREFIX))
+        .range(prefix_range(WORKER_KEY_PREFIX))
         .await
         .context("listing workers")?
         .into_inner()
         .kvs;
     let beats: std::collections::BTreeSet<Vec<u8>> = kv
-        .range(list(HEARTBEAT_KEY_PREFIX))
+        .range(prefix_range(HEARTBEAT_KEY_PREFIX))
         .await
         .context("listing worker heartbeats")?
         .into_inner()
         .kvs
         .into_iter()
-        .map(|kv| kv.key[HEARTBEAT_KEY_PREFIX.len()..].to_vec())
+        .filter_map(|kv| {
+            kv.key
+                .strip_prefix(HEARTBEAT_KEY_PREFIX.as_bytes())
+                .map(<[u8]>::to_vec)
+        })
         .collect();
     let mut rows = Vec::new();
     for kv in records {
@@ -129,13 +116,11 @@ async fn workers(channel: &tonic::transport::Channel) -> anyhow::Result<Vec<Node
 /// Removes the member or worker called `name`.
 pub async fn remove(data_dir: &Path, name: &str) -> anyhow::Result<String> {
     let (_, channel) = admin_channel(data_dir).await?;
-    let members = ClusterClient::new(channel.clone())
-        .member_list(MemberListRequest { linearizable: true })
-        .await
-        .context("listing members")?
-        .into_inner()
-        .members;
-    if let Some(m) = members.iter().find(|m| m.name == name) {
+    if let Some(m) = member_list(&channel)
+        .await?
+        .into_iter()
+        .find(|m| m.name == name)
+    {
         ClusterClient::new(channel)
             .member_remove(MemberRemoveRequest { id: m.id })
             .await

@@ -1,14 +1,14 @@
 //! `tugboat token create|list|revoke`: join tokens kept (hashed) in the
 //! replicated store, each on a lease so it disappears when it expires.
 
-use crate::local::admin_channel;
+use crate::local::{admin_channel, member_list, prefix_range};
 use anyhow::{bail, Context};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tugboat_consensus::join_token::{JoinToken, TokenRecord, TOKEN_KEY_PREFIX};
 use tugboat_store::pb::etcdserverpb::{
-    cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
-    DeleteRangeRequest, LeaseGrantRequest, MemberListRequest, PutRequest, RangeRequest,
+    kv_client::KvClient, lease_client::LeaseClient, DeleteRangeRequest, LeaseGrantRequest,
+    PutRequest,
 };
 
 /// Parses durations like `90s`, `30m`, `1h`, `1h30m`, `7d`.
@@ -57,12 +57,7 @@ pub async fn create(data_dir: &Path, ttl: Duration, uses: Option<u32>) -> anyhow
         bail!("--uses must be at least 1");
     }
     let (_, channel) = admin_channel(data_dir).await?;
-    let members = ClusterClient::new(channel.clone())
-        .member_list(MemberListRequest { linearizable: true })
-        .await
-        .context("listing members")?
-        .into_inner()
-        .members;
+    let members = member_list(&channel).await?;
     let peers: Vec<String> = members
         .iter()
         .flat_map(|m| m.peer_ur_ls.iter())
@@ -108,17 +103,8 @@ pub struct TokenInfo {
 /// Every stored token.
 pub async fn list(data_dir: &Path) -> anyhow::Result<Vec<TokenInfo>> {
     let (_, channel) = admin_channel(data_dir).await?;
-    let prefix = TOKEN_KEY_PREFIX.as_bytes().to_vec();
-    let mut end = prefix.clone();
-    if let Some(last) = end.last_mut() {
-        *last += 1;
-    }
     let kvs = KvClient::new(channel)
-        .range(RangeRequest {
-            key: prefix,
-            range_end: end,
-            ..Default::default()
-        })
+        .range(prefix_range(TOKEN_KEY_PREFIX))
         .await
         .context("listing tokens")?
         .into_inner()

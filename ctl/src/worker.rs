@@ -7,7 +7,7 @@ use crate::daemon::RunArgs;
 use crate::join::JoinState;
 use anyhow::Context;
 use std::time::Duration;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 use tugboat_pki::PkiPaths;
 use tugboat_store::pb::etcdserverpb::{
     kv_client::KvClient, lease_client::LeaseClient, LeaseGrantRequest, LeaseKeepAliveRequest,
@@ -27,18 +27,9 @@ async fn member_channel(data_dir: &std::path::Path, urls: &[String]) -> anyhow::
     let key = std::fs::read(&paths.peer_key).context("reading the node key")?;
     let mut last = anyhow::anyhow!("no member client URL known");
     for url in urls {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&ca))
-            .identity(Identity::from_pem(&cert, &key));
-        let attempt = async {
-            Channel::from_shared(url.clone())?
-                .tls_config(tls)?
-                .connect_timeout(Duration::from_secs(3))
-                .connect()
-                .await
-                .with_context(|| format!("connecting to {url}"))
-        };
-        match attempt.await {
+        // No per-call timeout: the keep-alive stream lives as long as the worker.
+        let identity = Some((cert.as_slice(), key.as_slice()));
+        match crate::local::tls_channel(url, &ca, identity, Duration::from_secs(3), None).await {
             Ok(c) => return Ok(c),
             Err(e) => last = e,
         }

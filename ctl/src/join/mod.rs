@@ -19,7 +19,7 @@ use pb::{AdmitRequest, JoinRequest};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Duration;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 use tugboat_consensus::join_token::JoinToken;
 use tugboat_pki::{NodeIdentity, PkiPaths};
 
@@ -99,30 +99,21 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An mTLS channel to `peer` (`host:port`) verified against `ca_pem`, presenting `identity`.
+/// A TLS channel to `peer` (`host:port`) verified against `ca_pem`, presenting `identity`.
 async fn peer_channel(
     peer: &str,
     ca_pem: &[u8],
     identity: Option<(&[u8], &[u8])>,
 ) -> anyhow::Result<Channel> {
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
-    if let Some((cert, key)) = identity {
-        tls = tls.identity(Identity::from_pem(cert, key));
-    }
-    Channel::from_shared(format!("https://{peer}"))
-        .with_context(|| format!("bad peer address {peer:?}"))?
-        .tls_config(tls)?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(60))
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {peer}"))
-}
-
-/// Outcome of the token exchange: what the node must store and how to start.
-pub struct Joined {
-    /// The recorded join.
-    pub state: JoinState,
+    let url = format!("https://{peer}");
+    crate::local::tls_channel(
+        &url,
+        ca_pem,
+        identity,
+        Duration::from_secs(5),
+        Some(Duration::from_secs(60)),
+    )
+    .await
 }
 
 /// Exchanges the token for a certificate with the first reachable peer, and stores the
@@ -132,7 +123,7 @@ pub async fn exchange_token(
     first_peer: &str,
     token_text: &str,
     identity: &NodeIdentity,
-) -> anyhow::Result<Joined> {
+) -> anyhow::Result<JoinState> {
     let token = JoinToken::parse(token_text).context("reading --token")?;
     let mut peers: Vec<String> = vec![first_peer.to_string()];
     for p in &token.peers {
@@ -225,7 +216,7 @@ pub async fn exchange_token(
             cluster = %format!("{:x}", state.cluster_id),
             "join token accepted; certificate stored"
         );
-        return Ok(Joined { state });
+        return Ok(state);
     }
     bail!(
         "no member could be reached to join through:\n  {}",

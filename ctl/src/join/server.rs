@@ -28,6 +28,8 @@ pub const ROLE_WORKER: &str = "worker";
 const MAX_CSR_BYTES: usize = 16 * 1024;
 /// Longest node name (a DNS label).
 const MAX_NAME_LEN: usize = 63;
+/// Most client URLs a member may advertise.
+const MAX_CLIENT_URLS: usize = 16;
 /// Attempts at the token's compare-and-swap when concurrent joins use the same token.
 const REDEEM_ATTEMPTS: usize = 32;
 
@@ -325,6 +327,11 @@ impl JoinService {
             .await?;
             tracing::info!(name = %req.name, "worker registered");
         } else {
+            if req.client_urls.len() > MAX_CLIENT_URLS {
+                return Err(Status::invalid_argument(format!(
+                    "at most {MAX_CLIENT_URLS} client URLs"
+                )));
+            }
             for url in std::iter::once(&req.peer_url).chain(&req.client_urls) {
                 if !url.starts_with("https://") || url.len() > 256 {
                     return Err(Status::invalid_argument(format!(

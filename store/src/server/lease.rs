@@ -170,12 +170,8 @@ impl Lease for LeaseService {
             .keys()
             .map(|id| (self.0.leases.deadline(*id), *id))
             .collect();
-        ids.sort_by(|a, b| match (a.0, b.0) {
-            (Some(x), Some(y)) => x.cmp(&y).then(a.1.cmp(&b.1)),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (None, None) => a.1.cmp(&b.1),
-        });
+        // Leases without a known deadline go last, each group by deadline, then id.
+        ids.sort_by_key(|(deadline, id)| (deadline.is_none(), *deadline, *id));
         Ok(Response::new(LeaseLeasesResponse {
             header: self.0.header(st.current),
             leases: ids.into_iter().map(|(_, id)| LeaseStatus { id }).collect(),
