@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and test of the workspace: format, lints, build, unit and integration tests.
-# Installs the tools the tests drive (Debian's etcd-server and etcd-client) when they are missing.
+# Installs the tools the tests drive (Debian's etcd-server and etcd-client, openssl, iproute2 for
+# the network-namespace tests) when they are missing. The namespace tests need root.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -23,6 +24,7 @@ missing_pkgs=()
 [ -x /usr/bin/etcd ] || missing_pkgs+=(etcd-server)
 [ -x /usr/bin/etcdctl ] || missing_pkgs+=(etcd-client)
 command -v openssl >/dev/null || missing_pkgs+=(openssl)
+command -v ip >/dev/null || missing_pkgs+=(iproute2)
 if [ "${#missing_pkgs[@]}" -gt 0 ]; then
     echo "installing ${missing_pkgs[*]}"
     as_root apt-get update

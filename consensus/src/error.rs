@@ -46,18 +46,6 @@ pub enum ConsensusError {
     /// Raft refused or failed an operation (membership change, initialization, ...).
     #[error("raft: {0}")]
     Raft(String),
-    /// This node is not the leader; the operation must go to `leader`.
-    #[error("not leader (leader is {leader})")]
-    NotLeader {
-        /// The current leader's member id.
-        leader: NodeId,
-    },
-    /// No leader is currently known.
-    #[error("no leader")]
-    NoLeader,
-    /// The node is shutting down or already stopped.
-    #[error("raft node is shutting down")]
-    ShuttingDown,
     /// The data directory holds no initialized member (nothing to resume or recover).
     #[error("not an initialized member: {0}")]
     NotInitialized(String),

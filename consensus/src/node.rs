@@ -1,13 +1,13 @@
 //! A running raft member: storage, state machine adapter, transport and the openraft core.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, InitializeError, RaftError};
-use openraft::{ChangeMembers, Config, SnapshotPolicy};
+use openraft::{Config, SnapshotPolicy};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -251,10 +251,6 @@ fn load_or_assign_ids(
     Ok((member_id, cluster_id, origin == ORIGIN_BOOTSTRAP))
 }
 
-fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, MemberInfo>>) -> ProposeError {
-    write_error_ref(&e)
-}
-
 fn write_error_ref(e: &RaftError<NodeId, ClientWriteError<NodeId, MemberInfo>>) -> ProposeError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => match f.leader_id {
@@ -276,15 +272,6 @@ fn fatal_error_ref(f: &Fatal<NodeId>) -> ProposeError {
     match f {
         Fatal::Stopped => ProposeError::ShuttingDown,
         other => ProposeError::Fatal(other.to_string()),
-    }
-}
-
-fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, MemberInfo>>) -> ConsensusError {
-    match write_error(e) {
-        ProposeError::NotLeader { leader } => ConsensusError::NotLeader { leader },
-        ProposeError::NoLeader => ConsensusError::NoLeader,
-        ProposeError::ShuttingDown => ConsensusError::ShuttingDown,
-        other => ConsensusError::Raft(other.to_string()),
     }
 }
 
@@ -596,63 +583,6 @@ impl Node {
     /// The tonic service to mount on the peer listener (raft RPCs: append entries, vote, install snapshot chunks).
     pub fn peer_service(&self) -> PeerServer {
         PeerService::new(self.clone(), self.inner.require_peer_cert).into_server()
-    }
-
-    /// Adds `id` as a learner (leader only) and waits until it has caught up with the log.
-    pub async fn add_learner(&self, id: NodeId, info: MemberInfo) -> Result<(), ConsensusError> {
-        self.inner
-            .raft
-            .add_learner(id, info, true)
-            .await
-            .map_err(membership_error)?;
-        Ok(())
-    }
-
-    /// Sets the voter set to exactly `voters` (all must already be members); removed voters stay
-    /// learners when `retain`, otherwise they leave the membership. Leader only.
-    pub async fn change_membership(
-        &self,
-        voters: BTreeSet<NodeId>,
-        retain: bool,
-    ) -> Result<(), ConsensusError> {
-        self.inner
-            .raft
-            .change_membership(ChangeMembers::ReplaceAllVoters(voters), retain)
-            .await
-            .map_err(membership_error)?;
-        Ok(())
-    }
-
-    /// Removes members (voters or learners) from the membership entirely. Leader only.
-    pub async fn remove_members(&self, ids: BTreeSet<NodeId>) -> Result<(), ConsensusError> {
-        let voters: BTreeSet<NodeId> = self
-            .inner
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .voter_ids()
-            .collect();
-        let remaining: BTreeSet<NodeId> = voters.difference(&ids).copied().collect();
-        if remaining != voters {
-            self.change_membership(remaining, false).await?;
-        }
-        self.inner
-            .raft
-            .change_membership(ChangeMembers::RemoveNodes(ids), false)
-            .await
-            .map_err(membership_error)?;
-        Ok(())
-    }
-
-    /// Asks raft to build a snapshot now (returns before it is built).
-    pub async fn trigger_snapshot(&self) -> Result<(), ConsensusError> {
-        self.inner
-            .raft
-            .trigger()
-            .snapshot()
-            .await
-            .map_err(|e| ConsensusError::Raft(e.to_string()))
     }
 
     /// The underlying openraft handle, for operations not wrapped here.

@@ -30,8 +30,8 @@ async fn three_members_replicate_and_learner_installs_snapshot() {
     };
     let b = Member::start("b", &dir("b"), join(0xb), SNAPSHOT_EVERY).await;
     let c = Member::start("c", &dir("c"), join(0xc), SNAPSHOT_EVERY).await;
-    a.node.add_learner(0xb, b.info.clone()).await.unwrap();
-    a.node.add_learner(0xc, c.info.clone()).await.unwrap();
+    a.node.admit_learner(0xb, b.info.clone()).await.unwrap();
+    a.node.admit_learner(0xc, c.info.clone()).await.unwrap();
     // The leader's role keeper promotes the two caught-up learners together (odd voter count).
     wait_for("b and c to become voters", || {
         let st = a.node.status();
@@ -97,7 +97,7 @@ async fn three_members_replicate_and_learner_installs_snapshot() {
     assert!(a.node.status().snapshot_index > 0);
 
     let d = Member::start("d", &dir("d"), join(0xd), SNAPSHOT_EVERY).await;
-    a.node.add_learner(0xd, d.info.clone()).await.unwrap();
+    a.node.admit_learner(0xd, d.info.clone()).await.unwrap();
     wait_for("learner to catch up", || {
         d.sm.commands().len() >= want.len()
     })

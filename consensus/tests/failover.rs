@@ -24,8 +24,8 @@ async fn leader_loss_elects_new_leader_and_old_leader_catches_up() {
     };
     let b = Member::start("b", &dir("b"), join(2), 10_000).await;
     let c = Member::start("c", &dir("c"), join(3), 10_000).await;
-    a.node.add_learner(2, b.info.clone()).await.unwrap();
-    a.node.add_learner(3, c.info.clone()).await.unwrap();
+    a.node.admit_learner(2, b.info.clone()).await.unwrap();
+    a.node.admit_learner(3, c.info.clone()).await.unwrap();
     wait_for("b and c to become voters", || {
         let st = a.node.status();
         st.members.len() == 3 && st.members.iter().all(|m| m.is_voter)

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -43,7 +42,7 @@ async fn three_members_then_stop(
         SNAPSHOT_EVERY,
     )
     .await;
-    let a_id = a.node.member_id();
+
     let cluster_id = a.node.cluster_id();
     wait_for("a to lead", || a.node.status().is_leader()).await;
     let join = |member_id| Bootstrap::Join {
@@ -52,12 +51,14 @@ async fn three_members_then_stop(
     };
     let b = Member::start("b", &member_dir(root, "b"), join(0xb), SNAPSHOT_EVERY).await;
     let c = Member::start("c", &member_dir(root, "c"), join(0xc), SNAPSHOT_EVERY).await;
-    a.node.add_learner(0xb, b.info.clone()).await.unwrap();
-    a.node.add_learner(0xc, c.info.clone()).await.unwrap();
-    a.node
-        .change_membership(BTreeSet::from([a_id, 0xb, 0xc]), false)
-        .await
-        .unwrap();
+    a.node.admit_learner(0xb, b.info.clone()).await.unwrap();
+    a.node.admit_learner(0xc, c.info.clone()).await.unwrap();
+    // The leader's role keeper promotes the two caught-up learners together.
+    wait_for("b and c to become voters", || {
+        let st = a.node.status();
+        st.members.len() == 3 && st.members.iter().all(|m| m.is_voter)
+    })
+    .await;
 
     let mut want = Vec::new();
     for i in 0..commands {

@@ -121,6 +121,23 @@ fn leader_of(nodes: &[TugboatNode]) -> usize {
     })
 }
 
+/// How many keys start with `prefix` on `n`'s own replica (a serializable read).
+fn key_count(n: &TugboatNode, prefix: &str) -> Option<u64> {
+    let out = n
+        .etcdctl()
+        .ok(&[
+            "get",
+            prefix,
+            "--prefix",
+            "--keys-only",
+            "-w",
+            "json",
+            "--consistency=s",
+        ])
+        .ok()?;
+    serde_json::from_str::<Value>(&out).ok()?["count"].as_u64()
+}
+
 fn get_value(ctl: &Etcdctl, key: &str, serializable: bool) -> String {
     let mut args = vec!["get", key, "--print-value-only"];
     if serializable {
@@ -504,21 +521,7 @@ fn leader_kill9_under_load_elects_a_new_leader() {
     }
     // The killed leader comes back as a follower and catches up.
     nodes[leader].restart().expect("restart old leader");
-    let count = |n: &TugboatNode| {
-        n.etcdctl()
-            .ok(&[
-                "get",
-                "load/",
-                "--prefix",
-                "--keys-only",
-                "-w",
-                "json",
-                "--consistency=s",
-            ])
-            .ok()
-            .and_then(|o| serde_json::from_str::<Value>(&o).ok())
-            .and_then(|v| v["count"].as_u64())
-    };
+    let count = |n: &TugboatNode| key_count(n, "load/");
     let want = count(&nodes[survivor]).expect("count");
     wait_for(
         "the old leader to catch up",
@@ -655,21 +658,7 @@ fn a_joiner_far_behind_catches_up_from_a_snapshot() {
     let token = a.create_token(&[]).expect("token");
     let started = Instant::now();
     let b = TugboatNode::start(joiner("b", &a, &token, &["--snapshot-count", "50"])).expect("join");
-    let keys = |n: &TugboatNode| {
-        n.etcdctl()
-            .ok(&[
-                "get",
-                "old/",
-                "--prefix",
-                "--keys-only",
-                "-w",
-                "json",
-                "--consistency=s",
-            ])
-            .ok()
-            .and_then(|o| serde_json::from_str::<Value>(&o).ok())
-            .and_then(|v| v["count"].as_u64())
-    };
+    let keys = |n: &TugboatNode| key_count(n, "old/");
     wait_for(
         "the joiner to hold every key",
         Duration::from_secs(30),
