@@ -1,0 +1,1 @@
+//! Typed resources (placeholder until the kinds land).
