@@ -170,7 +170,7 @@ pub enum ApiError {
     #[error("{0}")]
     UnsupportedMediaType(String),
     /// 422 Invalid with field causes.
-    #[error("{kind}.{group_dot}\"{name}\" is invalid")]
+    #[error("{kind}{group_dot}\"{name}\" is invalid")]
     Invalid {
         /// Kind (`Ship`).
         kind: String,

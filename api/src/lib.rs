@@ -7,6 +7,7 @@
 //! `registry` is the table of kinds every other layer consults.
 
 pub mod auth;
+pub mod discovery;
 pub mod error;
 pub mod kinds;
 pub mod kv;
@@ -19,3 +20,5 @@ pub mod storage;
 
 pub use error::ApiError;
 pub use registry::{Registry, ResourceDef};
+pub mod apiserver;
+pub mod http;

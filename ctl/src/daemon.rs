@@ -64,6 +64,28 @@ pub struct RunArgs {
     /// Seconds a voter may be unreachable before a healthy standby replaces it.
     #[arg(long, default_value_t = 30)]
     pub dead_voter_timeout: u64,
+    /// Address of the Kubernetes-shaped API (HTTPS with the cluster CA); "off" disables it.
+    #[arg(long, default_value = "0.0.0.0:6443")]
+    pub api_listen: String,
+    /// Let requests without credentials in as `system:anonymous` (RBAC still applies).
+    #[arg(long)]
+    pub anonymous_auth: bool,
+    /// Write a JSON line per API request (who, verb, resource, code, latency) to this file.
+    #[arg(long)]
+    pub audit_log: Option<PathBuf>,
+    /// Serve the API from these etcd endpoints (comma-separated URLs) instead of this member's
+    /// own store.
+    #[arg(long, value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// CA bundle for `https://` etcd endpoints.
+    #[arg(long)]
+    pub etcd_cafile: Option<PathBuf>,
+    /// Client certificate for `https://` etcd endpoints.
+    #[arg(long)]
+    pub etcd_certfile: Option<PathBuf>,
+    /// Client key for `https://` etcd endpoints.
+    #[arg(long)]
+    pub etcd_keyfile: Option<PathBuf>,
 }
 
 /// Flags of `tugboatd join`.
@@ -154,6 +176,7 @@ struct Prepared {
     plain_listen: Option<SocketAddr>,
     peer_adv: SocketAddr,
     etcd_adv: SocketAddr,
+    api_listen: Option<SocketAddr>,
     identity: NodeIdentity,
 }
 
@@ -185,9 +208,19 @@ fn prepare(args: &RunArgs) -> anyhow::Result<Prepared> {
     if args.dead_voter_timeout == 0 {
         anyhow::bail!("--dead-voter-timeout must be at least 1 second");
     }
+    let api_listen = match args.api_listen.as_str() {
+        "off" => None,
+        v => Some(listen::parse("--api-listen", v)?),
+    };
     let peer_adv = listen::advertised(peer_listen, args.advertise_address);
     let etcd_adv = listen::advertised(etcd_listen, args.advertise_address);
     let mut ips: Vec<IpAddr> = vec![peer_adv.ip(), etcd_adv.ip()];
+    if let Some(a) = api_listen {
+        ips.push(listen::advertised(a, args.advertise_address).ip());
+        if !a.ip().is_unspecified() {
+            ips.push(a.ip());
+        }
+    }
     for a in [peer_listen, etcd_listen] {
         if !a.ip().is_unspecified() {
             ips.push(a.ip());
@@ -208,6 +241,7 @@ fn prepare(args: &RunArgs) -> anyhow::Result<Prepared> {
         plain_listen,
         peer_adv,
         etcd_adv,
+        api_listen,
         identity,
     })
 }
@@ -248,6 +282,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         plain_listen,
         peer_adv,
         etcd_adv,
+        api_listen,
         identity,
     } = prepare(&args)?;
     std::fs::create_dir_all(&args.data_dir)
@@ -355,6 +390,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("peer listener TLS setup")?;
 
     let etcd_routes = services(server.clone()).routes();
+    let etcd_routes_for_api = services(server.clone()).routes();
     let listener = bind(etcd_listen).await?;
     tasks.spawn(serve(
         "etcd (mTLS)",
@@ -414,6 +450,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         });
     }
     tasks.spawn(watch_removal(node.clone(), stop_rx.clone()));
+    if let Some(addr) = api_listen {
+        let api = start_api(&args, &pki, addr, etcd_routes_for_api, stop_rx.clone()).await?;
+        tracing::info!(addr = %api.addr, "Kubernetes API ready");
+    }
 
     let signal = shutdown_signal();
     tokio::pin!(signal);
@@ -449,6 +489,59 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// Starts the apiserver on this member: in-process to its own store, or to `--etcd-endpoints`.
+/// Writes `DATA/admin.kubeconfig` for the cluster admin.
+async fn start_api(
+    args: &RunArgs,
+    pki: &tugboat_pki::PkiPaths,
+    addr: SocketAddr,
+    routes: tonic::service::Routes,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tugboat_api::apiserver::RunningApi> {
+    use tugboat_api::apiserver::{ApiConfig, Backend};
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+    };
+    let backend = if args.etcd_endpoints.is_empty() {
+        Backend::InProcess(routes)
+    } else {
+        let identity = match (&args.etcd_certfile, &args.etcd_keyfile) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            (None, None) => None,
+            _ => anyhow::bail!("--etcd-certfile and --etcd-keyfile go together"),
+        };
+        let ca_pem = match &args.etcd_cafile {
+            Some(p) => Some(read(p)?),
+            None => None,
+        };
+        Backend::Endpoints(
+            args.etcd_endpoints.clone(),
+            tugboat_api::kv::EtcdTls { ca_pem, identity },
+        )
+    };
+    let ca_key_pem = std::fs::read_to_string(&pki.ca_key).ok();
+    let cfg = ApiConfig {
+        listen: addr,
+        backend,
+        ca_pem: read(&pki.ca_cert)?,
+        ca_key_pem,
+        server_cert_pem: read(&pki.server_cert)?,
+        server_key_pem: read(&pki.server_key)?,
+        anonymous: args.anonymous_auth,
+        audit_log: args.audit_log.clone(),
+        compaction_interval: Duration::from_secs(300),
+    };
+    let api = tugboat_api::apiserver::start(cfg, async move {
+        let _ = stop.wait_for(|s| *s).await;
+    })
+    .await?;
+    let server_url = listen::url("https", listen::advertised(api.addr, args.advertise_address));
+    let path = crate::kubeconfig::write_admin(&args.data_dir, &server_url)
+        .context("writing admin.kubeconfig")?;
+    tracing::info!(path = %path.display(), "admin kubeconfig written");
+    Ok(api)
 }
 
 /// Ends with an error when this member is removed from the cluster, as etcd members stop

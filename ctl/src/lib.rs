@@ -5,6 +5,7 @@
 pub mod authority;
 pub mod daemon;
 pub mod join;
+pub mod kubeconfig;
 pub mod listen;
 pub mod local;
 pub mod logging;

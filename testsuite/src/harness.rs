@@ -601,6 +601,8 @@ pub const NETNS_ETCD_PORT: u16 = 2379;
 pub const NETNS_PLAIN_PORT: u16 = 2378;
 /// Metrics port (loopback inside its namespace) of a node placed in a namespace.
 pub const NETNS_METRICS_PORT: u16 = 2381;
+/// Kubernetes API port of a node placed in a namespace.
+pub const NETNS_API_PORT: u16 = 6443;
 
 /// Where and how a node joins.
 #[derive(Debug, Clone)]
@@ -851,6 +853,7 @@ pub struct TugboatNode {
     proc: ManagedProcess,
     peer_addr: SocketAddr,
     tls_endpoint: String,
+    api_addr: SocketAddr,
     netns: Option<NetnsPlacement>,
 }
 
@@ -870,12 +873,13 @@ impl TugboatNode {
         let data_dir = root.path().join("data");
         let log_path = root.path().join("tugboatd.log");
         let ports = match &opts.netns {
-            None => free_ports(4)?,
+            None => free_ports(5)?,
             Some(_) => vec![
                 NETNS_PEER_PORT,
                 NETNS_ETCD_PORT,
                 NETNS_PLAIN_PORT,
                 NETNS_METRICS_PORT,
+                NETNS_API_PORT,
             ],
         };
         let ip = match &opts.netns {
@@ -885,6 +889,7 @@ impl TugboatNode {
         let peer_addr = SocketAddr::new(ip, ports[0]);
         let etcd_addr = SocketAddr::new(ip, ports[1]);
         let tls_endpoint = format!("https://{etcd_addr}");
+        let api_addr = SocketAddr::new(ip, ports[4]);
         let plain_endpoint = format!("http://127.0.0.1:{}", ports[2]);
         let mut args = vec![
             "run".to_string(),
@@ -900,6 +905,8 @@ impl TugboatNode {
             format!("127.0.0.1:{}", ports[2]),
             "--metrics-listen".into(),
             format!("127.0.0.1:{}", ports[3]),
+            "--api-listen".into(),
+            api_addr.to_string(),
         ];
         args.extend(opts.extra_args.iter().cloned());
         let first_args = opts.join.as_ref().map(|j| {
@@ -969,6 +976,7 @@ impl TugboatNode {
             },
             peer_addr,
             tls_endpoint,
+            api_addr,
             netns: opts.netns.clone(),
         };
         node.boot()?;
@@ -980,6 +988,21 @@ impl TugboatNode {
         let files = self.tls_files();
         self.proc
             .wait_ready(&|| files.cacert.is_file() && files.cert.is_file() && files.key.is_file())
+    }
+
+    /// The apiserver's URL (`https://ip:port`).
+    pub fn api_url(&self) -> String {
+        format!("https://{}", self.api_addr)
+    }
+
+    /// The apiserver's address.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// `DATA/admin.kubeconfig` (cluster-admin), written by `tugboatd` on first start.
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.proc.data_dir.join("admin.kubeconfig")
     }
 
     /// Stops the node cleanly if it runs (SIGTERM, must exit 0), then starts it again on the same dir and ports.

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-use tugboat_ctl::{nodes, token};
+use tugboat_ctl::{kubeconfig, nodes, token};
 
 /// Tugboat command line.
 #[derive(Parser, Debug)]
@@ -23,6 +23,24 @@ enum Command {
     Node {
         #[command(subcommand)]
         action: NodeAction,
+    },
+    /// Print a kubeconfig with a freshly issued client certificate (needs the CA key).
+    Kubeconfig {
+        /// Data dir of a member holding `pki/ca.key`.
+        #[arg(long, default_value = "/var/lib/tugboat")]
+        data_dir: PathBuf,
+        /// API server URL (default: the one in DATA/admin.kubeconfig, else https://127.0.0.1:6443).
+        #[arg(long)]
+        server: Option<String>,
+        /// User name (the certificate's CN).
+        #[arg(long, default_value = "admin")]
+        user: String,
+        /// Group (the certificate's O), repeatable; default system:masters for user admin.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Certificate lifetime (e.g. 12h, 30d).
+        #[arg(long, default_value = "365d")]
+        ttl: String,
     },
 }
 
@@ -82,6 +100,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node {
             action: NodeAction::Remove { name, data_dir },
         } => println!("{}", nodes::remove(&data_dir, &name).await?),
+        Command::Kubeconfig {
+            data_dir,
+            server,
+            user,
+            mut groups,
+            ttl,
+        } => {
+            if groups.is_empty() && user == "admin" {
+                groups.push(kubeconfig::MASTERS_GROUP.to_string());
+            }
+            let ttl = token::parse_duration(&ttl)?;
+            print!(
+                "{}",
+                kubeconfig::issue(&data_dir, server.as_deref(), &user, &groups, ttl)?
+            );
+        }
         Command::Token { action } => match action {
             TokenAction::Create {
                 ttl,
