@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every check and test of the workspace: format, lints, build, unit and integration tests.
-# Installs the tools the tests drive (Debian's etcd-server and etcd-client, openssl, iproute2 for
+# Installs the tools the tests drive (Debian's etcd-server and etcd-client, kubectl, openssl, iproute2 for
 # the network-namespace tests) when they are missing. The namespace tests need root.
 set -euo pipefail
 
@@ -25,6 +25,8 @@ missing_pkgs=()
 [ -x /usr/bin/etcdctl ] || missing_pkgs+=(etcd-client)
 command -v openssl >/dev/null || missing_pkgs+=(openssl)
 command -v ip >/dev/null || missing_pkgs+=(iproute2)
+# kubectl comes with the machine image; Debian's kubernetes-client provides it otherwise.
+command -v kubectl >/dev/null || missing_pkgs+=(kubernetes-client)
 if [ "${#missing_pkgs[@]}" -gt 0 ]; then
     echo "installing ${missing_pkgs[*]}"
     as_root apt-get update
@@ -40,6 +42,7 @@ done
 etcd_version="$(/usr/bin/etcd --version)"
 etcdctl_version="$(/usr/bin/etcdctl version)"
 echo "${etcd_version%%$'\n'*}; ${etcdctl_version%%$'\n'*}"
+kubectl version --client 2>/dev/null | head -1
 cargo --version
 
 stage "cargo fmt --all --check"

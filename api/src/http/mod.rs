@@ -69,8 +69,6 @@ impl ApiServer {
         let mut audit_attrs: Option<Attributes> = None;
         let mut audit_user: Option<UserInfo> = None;
         let result: Result<Response, ApiError> = async {
-            let user = self.authn.authenticate(&parts.headers, cert.0.as_deref())?;
-            audit_user = Some(user.clone());
             let target = resolve(&self.registry, &parts.method, &path, &query);
             let attrs = match &target {
                 Ok(Target::Resource(r)) => Attributes {
@@ -105,6 +103,8 @@ impl ApiServer {
                 },
             };
             audit_attrs = Some(attrs.clone());
+            let user = self.authn.authenticate(&parts.headers, cert.0.as_deref())?;
+            audit_user = Some(user.clone());
             let decision = self.authz.authorize(&user, &attrs);
             if !decision.allowed {
                 return Err(crate::auth::forbidden(&user, &attrs));
@@ -133,13 +133,7 @@ impl ApiServer {
                         )));
                     }
                     let ct = body::content_type(&parts.headers);
-                    let v = crate::auth::review::handle_review(
-                        kind,
-                        &ct,
-                        &b,
-                        &user,
-                        &self.authz,
-                    )?;
+                    let v = crate::auth::review::handle_review(kind, &ct, &b, &user, &self.authz)?;
                     Ok(json_response(StatusCode::CREATED, &v, &[]))
                 }
                 Target::NonResource => self.non_resource(&parts.method, &path, &parts.headers),
@@ -167,7 +161,11 @@ impl ApiServer {
                 subresource: attrs.subresource,
                 namespace: attrs.namespace,
                 name: attrs.name,
-                uri: parts.uri.to_string(),
+                uri: parts
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.as_str().to_string())
+                    .unwrap_or_default(),
                 code: resp.status().as_u16(),
                 latency_ms: started.elapsed().as_secs_f64() * 1000.0,
                 source_ip: remote.map(|r| r.0.ip().to_string()).unwrap_or_default(),
@@ -206,7 +204,9 @@ impl ApiServer {
                 return if self.storage.ready() {
                     Ok(text("ok"))
                 } else {
-                    Err(ApiError::Unavailable("watch caches are still filling".into()))
+                    Err(ApiError::Unavailable(
+                        "watch caches are still filling".into(),
+                    ))
                 }
             }
             "/version" => {

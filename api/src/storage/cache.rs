@@ -245,6 +245,11 @@ impl WatchCache {
                     resp.cancel_reason
                 )));
             }
+            if resp.created {
+                // The creation answer's header is the store's revision, not what this
+                // stream has delivered: history replay may still follow.
+                continue;
+            }
             let header_rev = resp.header.as_ref().map(|h| h.revision).unwrap_or(0);
             if resp.events.is_empty() {
                 // Progress notification: nothing under this prefix up to header_rev.
@@ -280,9 +285,11 @@ impl WatchCache {
             let key = String::from_utf8_lossy(&kv.key).into_owned();
             let prev = st.objects.get(&key).cloned();
             let (kind, object) = if ev.r#type == EtcdEventType::Delete as i32 {
-                let Some(mut last) = prev.as_deref().cloned().or_else(|| {
-                    ev.prev_kv.as_ref().and_then(decode_stored)
-                }) else {
+                let Some(mut last) = prev
+                    .as_deref()
+                    .cloned()
+                    .or_else(|| ev.prev_kv.as_ref().and_then(decode_stored))
+                else {
                     continue;
                 };
                 set_resource_version(&mut last, kv.mod_revision);
@@ -433,12 +440,7 @@ impl WatchCache {
                 st.window_start
             )));
         }
-        let backlog = st
-            .events
-            .iter()
-            .filter(|e| e.rev > from)
-            .cloned()
-            .collect();
+        let backlog = st.events.iter().filter(|e| e.rev > from).cloned().collect();
         Ok(Subscription {
             backlog,
             live,

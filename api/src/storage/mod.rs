@@ -187,9 +187,7 @@ impl Storage {
         let from_cache = match (want_rev, req.resource_version) {
             (Some(rv), _) => cache.revision() == rv,
             (None, Some(0)) => cache.is_ready(),
-            (None, Some(rv)) => {
-                cache.is_ready() && cache.wait_for(rv, CACHE_WAIT).await.is_ok()
-            }
+            (None, Some(rv)) => cache.is_ready() && cache.wait_for(rv, CACHE_WAIT).await.is_ok(),
             (None, None) => {
                 let current = self.kv.current_revision().await?;
                 cache.is_ready() && cache.wait_for(current, CACHE_WAIT).await.is_ok()
@@ -434,7 +432,11 @@ impl crate::auth::ObjectSource for Storage {
             None => format!("/registry/{storage}/"),
         };
         let end = String::from_utf8_lossy(&prefix_end(prefix.as_bytes())).into_owned();
-        c.snapshot(&prefix, &end).0.into_iter().map(|(_, v)| v).collect()
+        c.snapshot(&prefix, &end)
+            .0
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect()
     }
 
     fn get(&self, storage: &str, namespace: Option<&str>, name: &str) -> Option<Arc<Value>> {
