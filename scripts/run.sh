@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds tugboatd and runs a single-node Tugboat with the defaults:
 # data in /var/lib/tugboat (override with TUGBOAT_DATA_DIR), etcd API on
-# 0.0.0.0:2379 (mTLS), raft peers on 0.0.0.0:2380 (mTLS). Extra arguments go
+# 0.0.0.0:2379 (mTLS), raft peers on 0.0.0.0:2380 (mTLS), the Kubernetes API on
+# 0.0.0.0:6443 (HTTPS; kubeconfig in DATA/admin.kubeconfig). Extra arguments go
 # to `tugboatd run`, e.g. `scripts/run.sh --etcd-listen-plain 127.0.0.1:2381`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,13 @@ if ! command -v etcdctl >/dev/null; then
     echo "== installing etcdctl (Debian etcd-client)" >&2
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-client) >&2 \
         || echo "warning: could not install etcd-client; tugboatd runs without it" >&2
+fi
+
+if ! command -v kubectl >/dev/null; then
+    # Not needed by tugboatd itself; installed so `kubectl --kubeconfig DATA/admin.kubeconfig` works.
+    echo "== installing kubectl (Debian kubernetes-client)" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client) >&2 \
+        || echo "warning: could not install kubernetes-client; tugboatd runs without it" >&2
 fi
 
 echo "== building tugboatd (release)" >&2

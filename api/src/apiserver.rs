@@ -76,7 +76,11 @@ pub async fn start(
             .iter()
             .any(|(s, n, _)| *s == def.storage && *n == crate::http::OWNER_INDEX)
         {
-            indexes.push((def.storage, crate::http::OWNER_INDEX, crate::http::owner_index));
+            indexes.push((
+                def.storage,
+                crate::http::OWNER_INDEX,
+                crate::http::owner_index,
+            ));
         }
     }
     let storage = Storage::new(kv.clone(), &registry, &indexes);
@@ -105,16 +109,17 @@ pub async fn start(
         .await
         .with_context(|| format!("binding --api-listen {}", cfg.listen))?;
     let addr = listener.local_addr()?;
-    let tls = crate::http::server::tls_config(
-        &cfg.ca_pem,
-        &cfg.server_cert_pem,
-        &cfg.server_key_pem,
-    )?;
+    let tls =
+        crate::http::server::tls_config(&cfg.ca_pem, &cfg.server_cert_pem, &cfg.server_key_pem)?;
     tokio::spawn(bootstrap(server.clone()));
     if !cfg.compaction_interval.is_zero() {
         tokio::spawn(compactor(kv, cfg.compaction_interval));
     }
-    tokio::spawn(serve(server.clone(), ServeConfig { listener, tls }, shutdown));
+    tokio::spawn(serve(
+        server.clone(),
+        ServeConfig { listener, tls },
+        shutdown,
+    ));
     tracing::info!(%addr, "apiserver listening");
     Ok(RunningApi { addr, server })
 }

@@ -12,7 +12,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic::{Code, Status};
 use tugboat_store::pb::etcdserverpb::{
     compare, kv_client::KvClient, request_op, response_op, watch_client::WatchClient,
-    watch_request, Compare, CompactionRequest, DeleteRangeRequest, PutRequest, RangeRequest,
+    watch_request, CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RangeRequest,
     RequestOp, TxnRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse,
 };
 use tugboat_store::pb::mvccpb::KeyValue;
@@ -259,13 +259,10 @@ impl Kv {
         if resp.succeeded {
             return Ok(CasOutcome::Written(rev));
         }
-        let current = resp
-            .responses
-            .into_iter()
-            .find_map(|r| match r.response {
-                Some(response_op::Response::ResponseRange(rr)) => rr.kvs.into_iter().next(),
-                _ => None,
-            });
+        let current = resp.responses.into_iter().find_map(|r| match r.response {
+            Some(response_op::Response::ResponseRange(rr)) => rr.kvs.into_iter().next(),
+            _ => None,
+        });
         Ok(CasOutcome::Failed(current))
     }
 

@@ -189,9 +189,7 @@ pub fn prepare_create(
     let errs = match def.kind {
         "Namespace" => dns_label_errors(&name),
         // RBAC names only need to be usable as a path segment (`system:masters`, …).
-        "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => {
-            path_segment_errors(&name)
-        }
+        "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => path_segment_errors(&name),
         _ => dns_subdomain_errors(&name),
     };
     if !errs.is_empty() {

@@ -3,8 +3,9 @@
 //! JSON or Kubernetes protobuf (what `kubectl auth can-i` and `kubectl auth whoami` send).
 //!
 //! A protobuf body is the magic `k8s\0` followed by a `runtime.Unknown` whose `raw` field is the
-//! encoded message; the messages below mirror `k8s.io/api/authorization/v1/generated.proto` and
-//! `k8s.io/api/authentication/v1/generated.proto` (only the fields read here).
+//! encoded message; [`crate::protobuf::decode_envelope`] unwraps it, and the messages below mirror
+//! `k8s.io/api/authorization/v1/generated.proto` and `k8s.io/api/authentication/v1/generated.proto`
+//! (only the fields read here).
 
 use super::{Attributes, Authorizer, UserInfo};
 use crate::error::{ApiError, FieldError};
@@ -12,9 +13,9 @@ use prost::Message;
 use serde_json::{json, Map, Value};
 
 /// The media type of Kubernetes protobuf bodies.
-pub const PROTOBUF_CONTENT_TYPE: &str = "application/vnd.kubernetes.protobuf";
+pub const PROTOBUF_CONTENT_TYPE: &str = crate::protobuf::CONTENT_TYPE;
 /// The four bytes every Kubernetes protobuf body starts with.
-pub const PROTOBUF_MAGIC: &[u8; 4] = b"k8s\0";
+pub const PROTOBUF_MAGIC: &[u8; 4] = crate::protobuf::MAGIC;
 
 /// Which self review is asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,28 +80,6 @@ impl ReviewKind {
 }
 
 // --- protobuf messages (proto2; only the fields used) -------------------------------------------
-
-/// `k8s.io.apimachinery.pkg.runtime.TypeMeta`.
-#[derive(Clone, PartialEq, Message)]
-struct TypeMeta {
-    #[prost(string, optional, tag = "1")]
-    api_version: Option<String>,
-    #[prost(string, optional, tag = "2")]
-    kind: Option<String>,
-}
-
-/// `k8s.io.apimachinery.pkg.runtime.Unknown`.
-#[derive(Clone, PartialEq, Message)]
-struct Unknown {
-    #[prost(message, optional, tag = "1")]
-    type_meta: Option<TypeMeta>,
-    #[prost(bytes = "vec", optional, tag = "2")]
-    raw: Option<Vec<u8>>,
-    #[prost(string, optional, tag = "3")]
-    content_encoding: Option<String>,
-    #[prost(string, optional, tag = "4")]
-    content_type: Option<String>,
-}
 
 /// `ObjectMeta`, name and namespace only.
 #[derive(Clone, PartialEq, Message)]
@@ -256,31 +235,9 @@ fn protobuf_to_json(kind: ReviewKind, raw: &[u8]) -> Result<Value, ApiError> {
 
 /// Decodes a Kubernetes protobuf envelope into the JSON form of a `kind` object.
 fn decode_protobuf(kind: ReviewKind, body: &[u8]) -> Result<Value, ApiError> {
-    let rest = body
-        .strip_prefix(PROTOBUF_MAGIC.as_slice())
-        .ok_or_else(|| {
-            ApiError::BadRequest(
-                "the protobuf body does not start with the Kubernetes magic bytes \"k8s\\x00\""
-                    .into(),
-            )
-        })?;
-    let unknown = Unknown::decode(rest).map_err(|e| {
-        ApiError::BadRequest(format!(
-            "the protobuf body is not a runtime.Unknown envelope: {e}"
-        ))
-    })?;
-    let tm = unknown.type_meta.unwrap_or_default();
-    let (api_version, found_kind) = (
-        tm.api_version.unwrap_or_default(),
-        tm.kind.unwrap_or_default(),
-    );
-    check_type(kind, &api_version, &found_kind)?;
-    if let Some(enc) = unknown.content_encoding.filter(|e| !e.is_empty()) {
-        return Err(ApiError::BadRequest(format!(
-            "unsupported protobuf content encoding {enc:?}"
-        )));
-    }
-    protobuf_to_json(kind, unknown.raw.as_deref().unwrap_or_default())
+    let env = crate::protobuf::decode_envelope(body).map_err(ApiError::from)?;
+    check_type(kind, &env.api_version, &env.kind)?;
+    protobuf_to_json(kind, &env.raw)
 }
 
 fn check_type(kind: ReviewKind, api_version: &str, found_kind: &str) -> Result<(), ApiError> {

@@ -1,4 +1,4 @@
-//! Request bodies (JSON or YAML, size-limited) and response encoding.
+//! Request bodies (JSON, YAML or Kubernetes protobuf; size-limited) and response encoding.
 
 use crate::error::ApiError;
 use axum::body::Body;
@@ -19,7 +19,9 @@ pub async fn read_body(body: Body) -> Result<Bytes, ApiError> {
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::TooLarge(format!(
             "the request body is larger than the limit of {MAX_BODY_BYTES} bytes"
         ))),
-        Err(e) => Err(ApiError::BadRequest(format!("reading the request body: {e}"))),
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "reading the request body: {e}"
+        ))),
     }
 }
 
@@ -28,11 +30,18 @@ pub fn content_type(headers: &HeaderMap) -> String {
     headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|s| s.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|s| {
+            s.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .unwrap_or_default()
 }
 
-/// Decodes a JSON or YAML object body.
+/// Decodes a JSON, YAML or Kubernetes protobuf object body into JSON. Protobuf is accepted for
+/// the kinds of [`crate::protobuf::SUPPORTED_KINDS`] (others are 415).
 pub fn decode_object(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::BadRequest("the request body is empty".into()));
@@ -46,14 +55,10 @@ pub fn decode_object(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError
                 "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml: {e}"
             ))
         })?,
-        "application/vnd.kubernetes.protobuf" => {
-            return Err(ApiError::UnsupportedMediaType(
-                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml".into(),
-            ))
-        }
+        crate::protobuf::CONTENT_TYPE => crate::protobuf::decode_object(body)?,
         other => {
             return Err(ApiError::UnsupportedMediaType(format!(
-                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {other:?})"
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {other:?})"
             )))
         }
     };

@@ -70,8 +70,8 @@ impl WriteOptions {
             Some("Ignore") => FieldValidation::Ignore,
             Some(other) => {
                 return Err(ApiError::BadRequest(format!(
-                    "fieldValidation must be one of \"Ignore\", \"Warn\", or \"Strict\", got {other:?}"
-                )))
+                "fieldValidation must be one of \"Ignore\", \"Warn\", or \"Strict\", got {other:?}"
+            )))
             }
         };
         let manager = match q.get("fieldManager") {
@@ -115,7 +115,7 @@ pub async fn resource(
         ("get", _) => get(api, &r, headers, q).await,
         ("list", _) => list(api, &r, headers, q).await,
         ("watch", _) => watch(api, &r, headers, q).await,
-        ("create", "token") => token(api, &r, body).await,
+        ("create", "token") => token(api, &r, headers, body).await,
         ("create", "") => create(api, user, &r, headers, q, body).await,
         ("update", "scale") | ("patch", "scale") => write_scale(api, &r, headers, q, body).await,
         ("update", _) => update(api, &r, headers, q, body).await,
@@ -170,9 +170,9 @@ async fn get(
 /// select one).
 fn build_filter(def: &ResourceDef, q: &Query) -> Result<Filter, ApiError> {
     let labels = match q.get("labelSelector") {
-        Some(s) if !s.trim().is_empty() => Some(
-            LabelSelector::parse(s).map_err(|e| e.to_api_error())?,
-        ),
+        Some(s) if !s.trim().is_empty() => {
+            Some(LabelSelector::parse(s).map_err(|e| e.to_api_error())?)
+        }
         _ => None,
     };
     let fields = match q.get("fieldSelector") {
@@ -221,9 +221,10 @@ fn build_filter(def: &ResourceDef, q: &Query) -> Result<Filter, ApiError> {
 fn parse_rv(q: &Query) -> Result<Option<i64>, ApiError> {
     match q.get("resourceVersion") {
         None | Some("") => Ok(None),
-        Some(s) => s.parse::<i64>().map(Some).map_err(|_| {
-            ApiError::BadRequest(format!("invalid resource version: {s:?}"))
-        }),
+        Some(s) => s
+            .parse::<i64>()
+            .map(Some)
+            .map_err(|_| ApiError::BadRequest(format!("invalid resource version: {s:?}"))),
     }
 }
 
@@ -237,7 +238,10 @@ async fn list(
     let limit = q.int("limit")?.unwrap_or(0).max(0);
     let req = ListRequest {
         limit,
-        continue_token: q.get("continue").filter(|c| !c.is_empty()).map(str::to_string),
+        continue_token: q
+            .get("continue")
+            .filter(|c| !c.is_empty())
+            .map(str::to_string),
         resource_version: parse_rv(q)?,
     };
     let page = api
@@ -367,6 +371,12 @@ fn admit(
         }
     }
     storage::set_api_version(&mut obj, def);
+    if old.is_none() && def.status && target == WriteTarget::Main {
+        // Status is the system's to write, through /status (as Kubernetes drops it on create).
+        if let Some(o) = obj.as_object_mut() {
+            o.remove("status");
+        }
+    }
     if opts.field_validation != FieldValidation::Ignore {
         let unknown = api.openapi.unknown_fields(def, &obj);
         if !unknown.is_empty() {
@@ -401,7 +411,8 @@ fn admit(
                 }
             }
             if def.namespaced {
-                if let (Some(body_ns), Some(path_ns)) = (meta::meta_str(&obj, "namespace"), namespace)
+                if let (Some(body_ns), Some(path_ns)) =
+                    (meta::meta_str(&obj, "namespace"), namespace)
                 {
                     if !body_ns.is_empty() && body_ns != path_ns {
                         return Err(ApiError::BadRequest(
@@ -585,9 +596,10 @@ async fn create_admitted(
             obj.pointer("/metadata/annotations/kubernetes.io~1service-account.name")
                 .and_then(Value::as_str),
         ) {
-            (Some(ns), Some(sa)) => api.registry.get("", "v1", "serviceaccounts").and_then(|d| {
-                api.storage.get_cached(d, Some(ns), sa)
-            }),
+            (Some(ns), Some(sa)) => api
+                .registry
+                .get("", "v1", "serviceaccounts")
+                .and_then(|d| api.storage.get_cached(d, Some(ns), sa)),
             _ => None,
         };
         api.authn.fill_service_account_token(&mut obj, sa.as_ref());
@@ -760,7 +772,8 @@ async fn patch(
                 false,
             ),
             None => (
-                crate::patch::apply_patch(pt, &cur, &bytes).map_err(|e| e.to_api_error(r.def.kind, r.def.group, r.def.plural, &name))?,
+                crate::patch::apply_patch(pt, &cur, &bytes)
+                    .map_err(|e| e.to_api_error(r.def.kind, r.def.group, r.def.plural, &name))?,
                 true,
             ),
         };
@@ -790,10 +803,7 @@ async fn patch(
 }
 
 fn scale_of(def: &ResourceDef, obj: &Value) -> Result<Value, ApiError> {
-    let spec = def
-        .scale
-        .as_ref()
-        .ok_or_else(|| ApiError::NoRoute)?;
+    let spec = def.scale.as_ref().ok_or(ApiError::NoRoute)?;
     let get = |path: &[&str]| -> Option<&Value> {
         let mut v = obj;
         for p in path {
@@ -802,7 +812,9 @@ fn scale_of(def: &ResourceDef, obj: &Value) -> Result<Value, ApiError> {
         Some(v)
     };
     let replicas = get(spec.spec_replicas).and_then(Value::as_i64).unwrap_or(0);
-    let observed = get(spec.status_replicas).and_then(Value::as_i64).unwrap_or(0);
+    let observed = get(spec.status_replicas)
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
     let selector = get(spec.selector)
         .and_then(|s| LabelSelector::from_k8s(s).ok())
         .map(|s| s.to_string())
@@ -861,7 +873,8 @@ async fn write_scale(
                     "apply patches are not supported on /scale".into(),
                 ));
             }
-            crate::patch::apply_patch(pt, &scale, &bytes).map_err(|e| e.to_api_error(r.def.kind, r.def.group, r.def.plural, &name))?
+            crate::patch::apply_patch(pt, &scale, &bytes)
+                .map_err(|e| e.to_api_error(r.def.kind, r.def.group, r.def.plural, &name))?
         };
         let replicas = new_scale
             .pointer("/spec/replicas")
@@ -920,16 +933,29 @@ async fn write_scale(
     Err(storage::conflict(&r.def, &name))
 }
 
-async fn token(api: &ApiServer, r: &ResourceRequest, body: Body) -> Result<Response, ApiError> {
+async fn token(
+    api: &ApiServer,
+    r: &ResourceRequest,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let name = name(r)?;
     let namespace = ns(r).unwrap_or("default");
     let bytes = read_body(body).await?;
+    // JSON, YAML or protobuf (what `kubectl create token` sends).
     let req: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::BadRequest(format!("decoding TokenRequest: {e}")))?
+        decode_object(headers, &bytes)?
     };
+    match req.get("kind").and_then(Value::as_str) {
+        None | Some("") | Some("TokenRequest") => {}
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "the body is a {other:?}, but this endpoint takes a TokenRequest"
+            )))
+        }
+    }
     // The ServiceAccount must exist now (read through, not from a possibly lagging cache).
     api.storage
         .get(&r.def, Some(namespace), name)
@@ -1045,7 +1071,10 @@ async fn delete_one(
         let is_namespace = def.kind == "Namespace" && def.group.is_empty();
         let mut fins = meta::finalizers(&cur);
         let foreground = opts.propagation.as_deref() == Some("Foreground");
-        if foreground && !fins.iter().any(|f| f == "foregroundDeletion") && has_dependents(api, &cur) {
+        if foreground
+            && !fins.iter().any(|f| f == "foregroundDeletion")
+            && has_dependents(api, &cur)
+        {
             fins.push("foregroundDeletion".into());
         }
         if opts.propagation.as_deref() == Some("Orphan") {
@@ -1070,7 +1099,11 @@ async fn delete_one(
             if is_namespace {
                 marked["status"] = json!({"phase": "Terminating"});
             }
-            match api.storage.update(def, namespace, name, marked, cur_rv).await {
+            match api
+                .storage
+                .update(def, namespace, name, marked, cur_rv)
+                .await
+            {
                 Ok(v) => {
                     spawn_finalizers(api.clone(), def.clone(), v.clone());
                     return Ok((StatusCode::ACCEPTED, v));
@@ -1079,7 +1112,11 @@ async fn delete_one(
                 Err(e) => return Err(e),
             }
         }
-        match api.storage.delete(def, namespace, name, cur.clone(), cur_rv).await {
+        match api
+            .storage
+            .delete(def, namespace, name, cur.clone(), cur_rv)
+            .await
+        {
             Ok(last) => {
                 if opts.propagation.as_deref() != Some("Orphan") {
                     let api = api.clone();
@@ -1140,7 +1177,11 @@ async fn orphan_dependents(api: &Arc<ApiServer>, owner: &Value) {
         let rv = meta::resource_version(&dep).ok().flatten().unwrap_or(0);
         let ns = meta::meta_str(&dep, "namespace").map(str::to_string);
         let name = meta::name_of(&dep).to_string();
-        if let Err(e) = api.storage.update(&def, ns.as_deref(), &name, new, rv).await {
+        if let Err(e) = api
+            .storage
+            .update(&def, ns.as_deref(), &name, new, rv)
+            .await
+        {
             tracing::warn!(error = %e, name, "orphaning a dependent failed");
         }
     }
@@ -1182,13 +1223,16 @@ fn spawn_finalizers(api: Arc<ApiServer>, def: ResourceDef, obj: Value) {
                 dependents(&api, &uid).is_empty()
             };
             if done {
-                let fin = if is_namespace { "kubernetes" } else { "foregroundDeletion" };
+                let fin = if is_namespace {
+                    "kubernetes"
+                } else {
+                    "foregroundDeletion"
+                };
                 if remove_finalizer(&api, &def, ns.as_deref(), &name, fin, is_namespace).await {
                     return;
                 }
             }
-            tokio::time::sleep(Duration::from_millis(if attempt < 20 { 100 } else { 1000 }))
-                .await;
+            tokio::time::sleep(Duration::from_millis(if attempt < 20 { 100 } else { 1000 })).await;
         }
     });
 }
@@ -1238,7 +1282,10 @@ async fn remove_finalizer(
     let rv = meta::resource_version(&cur).ok().flatten().unwrap_or(0);
     let mut new = cur.clone();
     if is_namespace {
-        if let Some(f) = new.pointer_mut("/spec/finalizers").and_then(Value::as_array_mut) {
+        if let Some(f) = new
+            .pointer_mut("/spec/finalizers")
+            .and_then(Value::as_array_mut)
+        {
             f.retain(|x| x != fin);
         }
     }
@@ -1274,7 +1321,9 @@ async fn delete_collection(
     let filter = build_filter(&r.def, q)?;
     let page = api
         .storage
-        .list(&r.def, ns(r), &ListRequest::default(), &|v: &Value| filter(v))
+        .list(&r.def, ns(r), &ListRequest::default(), &|v: &Value| {
+            filter(v)
+        })
         .await?;
     let mut deleted = Vec::new();
     for o in &page.items {
@@ -1308,14 +1357,26 @@ pub async fn ensure_objects(api: &Arc<ApiServer>, objects: &[Value]) -> Result<(
         let av = o.get("apiVersion").and_then(Value::as_str).unwrap_or("");
         let kind = o.get("kind").and_then(Value::as_str).unwrap_or("");
         let Some(def) = api.registry.by_kind(av, kind).cloned() else {
-            return Err(ApiError::Internal(format!("bootstrap object of unknown kind {av} {kind}")));
+            return Err(ApiError::Internal(format!(
+                "bootstrap object of unknown kind {av} {kind}"
+            )));
         };
         let ns = meta::meta_str(o, "namespace").map(str::to_string);
         let name = meta::name_of(o).to_string();
         if api.storage.get(&def, ns.as_deref(), &name).await?.is_some() {
             continue;
         }
-        let (obj, _) = admit(api, &def, o.clone(), None, WriteTarget::Main, &opts, ns.as_deref(), None, true)?;
+        let (obj, _) = admit(
+            api,
+            &def,
+            o.clone(),
+            None,
+            WriteTarget::Main,
+            &opts,
+            ns.as_deref(),
+            None,
+            true,
+        )?;
         match create_admitted(api, &def, ns.as_deref(), obj, false).await {
             Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
             Err(e) => return Err(e),

@@ -111,7 +111,7 @@ impl ApiServer {
             }
             match target? {
                 Target::Resource(r) => {
-                    handlers::resource(&self, &user, r, &parts.headers, &query, body).await
+                    handlers::resource(&self, &user, *r, &parts.headers, &query, body).await
                 }
                 Target::Review { group, resource } => {
                     let b = body::read_body(body).await?;

@@ -23,7 +23,7 @@ pub struct ResourceRequest {
 #[derive(Clone, Debug)]
 pub enum Target {
     /// A stored resource.
-    Resource(ResourceRequest),
+    Resource(Box<ResourceRequest>),
     /// A virtual create-only resource (reviews).
     Review {
         /// `authorization.k8s.io` or `authentication.k8s.io`.
@@ -82,15 +82,13 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
+            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                Ok(b) => {
+                    out.push(b);
+                    i += 2;
                 }
-            }
+                Err(_) => out.push(b'%'),
+            },
             b => out.push(b),
         }
         i += 1;
@@ -187,11 +185,11 @@ pub fn resolve(
             ))
         }
     };
-    Ok(Target::Resource(ResourceRequest {
+    Ok(Target::Resource(Box::new(ResourceRequest {
         def,
         namespace,
         name,
         subresource: sub.to_string(),
         verb,
-    }))
+    })))
 }

@@ -59,25 +59,24 @@ pub async fn serve(
                 .and_then(|c| c.first())
                 .map(|c| c.as_ref().to_vec());
             let cert = ClientCert(cert);
-            let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(cert.clone());
-                req.extensions_mut().insert(RemoteAddr(remote));
-                let api = api.clone();
-                async move {
-                    let req = req.map(axum::body::Body::new);
-                    Ok::<_, std::convert::Infallible>(api.handle(req).await)
-                }
-            });
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(cert.clone());
+                    req.extensions_mut().insert(RemoteAddr(remote));
+                    let api = api.clone();
+                    async move {
+                        let req = req.map(axum::body::Body::new);
+                        Ok::<_, std::convert::Infallible>(api.handle(req).await)
+                    }
+                },
+            );
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
                 .http2()
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(1000)
                 .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(tls), svc)
-                .await
-            {
+            if let Err(e) = builder.serve_connection(TokioIo::new(tls), svc).await {
                 tracing::debug!(%remote, error = %e, "api connection ended");
             }
         });
@@ -96,10 +95,12 @@ pub fn tls_config(
     for c in rustls_pemfile::certs(&mut &ca_pem[..]) {
         roots.add(c?)?;
     }
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .allow_unauthenticated()
-            .build()?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut &cert_pem[..]).collect::<Result<_, _>>()?;
     let key = rustls_pemfile::private_key(&mut &key_pem[..])?
         .ok_or_else(|| anyhow::anyhow!("no private key in the API server key file"))?;

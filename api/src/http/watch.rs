@@ -55,19 +55,10 @@ pub async fn watch_body(
     };
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     tokio::spawn(run(cache, def, p, initial, sub, tx));
-    Ok(Body::from_stream(
-        tokio_stream::wrappers::ReceiverStream::new(rx).map_ok(),
-    ))
-}
-
-trait MapOk: Sized {
-    fn map_ok(self) -> futures::stream::Map<Self, fn(Bytes) -> Result<Bytes, std::io::Error>>;
-}
-
-impl<S: futures::Stream<Item = Bytes>> MapOk for S {
-    fn map_ok(self) -> futures::stream::Map<Self, fn(Bytes) -> Result<Bytes, std::io::Error>> {
-        futures::StreamExt::map(self, Ok as fn(Bytes) -> Result<Bytes, std::io::Error>)
-    }
+    Ok(Body::from_stream(futures::StreamExt::map(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+        Ok::<Bytes, std::io::Error>,
+    )))
 }
 
 struct Sender {
