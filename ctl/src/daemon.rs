@@ -501,9 +501,8 @@ async fn start_api(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<tugboat_api::apiserver::RunningApi> {
     use tugboat_api::apiserver::{ApiConfig, Backend};
-    let read = |p: &std::path::Path| {
-        std::fs::read(p).with_context(|| format!("reading {}", p.display()))
-    };
+    let read =
+        |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
     let backend = if args.etcd_endpoints.is_empty() {
         Backend::InProcess(routes)
     } else {
@@ -537,7 +536,10 @@ async fn start_api(
         let _ = stop.wait_for(|s| *s).await;
     })
     .await?;
-    let server_url = listen::url("https", listen::advertised(api.addr, args.advertise_address));
+    let server_url = listen::url(
+        "https",
+        listen::advertised(api.addr, args.advertise_address),
+    );
     let path = crate::kubeconfig::write_admin(&args.data_dir, &server_url)
         .context("writing admin.kubeconfig")?;
     tracing::info!(path = %path.display(), "admin kubeconfig written");

@@ -140,6 +140,15 @@ pub fn resolve(
         }
         _ => (namespace, plural, name, sub),
     };
+    if group.is_empty() && plural == "pods" {
+        // `kubectl describe node` lists the node's pods and tolerates only a 403 there.
+        return Err(ApiError::Forbidden {
+            message: "pods is forbidden: Tugboat serves no pods; list ships instead".into(),
+            name: name.unwrap_or_default(),
+            group: String::new(),
+            kind: "pods".into(),
+        });
+    }
     let def = registry
         .get(group, version, plural)
         .ok_or(ApiError::NoRoute)?
