@@ -3,6 +3,7 @@
 //! Integration tests live in `tests/`; see `harness` for the API they use.
 
 pub mod harness;
+pub mod kube;
 pub mod load;
 pub mod netns;
 pub mod session;

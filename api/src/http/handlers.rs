@@ -657,7 +657,7 @@ async fn update(
             Some(&name),
             true,
         )?;
-        match store_update(api, &r.def, ns(r), &name, new, cur_rv, opts.dry_run).await {
+        match store_update(api, &r.def, ns(r), &name, &cur, new, cur_rv, opts.dry_run).await {
             Ok(v) => return Ok(json_response(StatusCode::OK, &v, &warnings)),
             Err(ApiError::Conflict { .. }) if wanted_rv.is_none() => continue,
             Err(e) => return Err(e),
@@ -666,19 +666,44 @@ async fn update(
     Err(storage::conflict(&r.def, &name))
 }
 
+/// Whether an update changes nothing but bookkeeping (resourceVersion, managedFields times).
+fn unchanged(cur: &Value, new: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("resourceVersion");
+            if let Some(Value::Array(fields)) = m.get_mut("managedFields") {
+                for f in fields.iter_mut() {
+                    if let Some(o) = f.as_object_mut() {
+                        o.remove("time");
+                    }
+                }
+            }
+        }
+        v
+    };
+    strip(cur) == strip(new)
+}
+
 /// Writes an updated object; an object being deleted whose last finalizer went away is
 /// deleted instead.
+#[allow(clippy::too_many_arguments)]
 async fn store_update(
     api: &Arc<ApiServer>,
     def: &ResourceDef,
     namespace: Option<&str>,
     name: &str,
+    cur: &Value,
     new: Value,
     cur_rv: i64,
     dry_run: bool,
 ) -> Result<Value, ApiError> {
     if dry_run {
         return Ok(new);
+    }
+    if unchanged(cur, &new) {
+        // Kubernetes writes nothing for a no-op update: no new resourceVersion, no event.
+        return Ok(cur.clone());
     }
     if meta::is_terminating(&new) && meta::finalizers(&new).is_empty() {
         let last = api
@@ -793,7 +818,7 @@ async fn patch(
             Some(&name),
             record,
         )?;
-        match store_update(api, &r.def, ns(r), &name, new, cur_rv, opts.dry_run).await {
+        match store_update(api, &r.def, ns(r), &name, &cur, new, cur_rv, opts.dry_run).await {
             Ok(v) => return Ok(json_response(StatusCode::OK, &v, &warnings)),
             Err(ApiError::Conflict { .. }) => continue,
             Err(e) => return Err(e),
@@ -922,7 +947,7 @@ async fn write_scale(
             Some(&name),
             true,
         )?;
-        match store_update(api, &r.def, ns(r), &name, new, cur_rv, opts.dry_run).await {
+        match store_update(api, &r.def, ns(r), &name, &cur, new, cur_rv, opts.dry_run).await {
             Ok(v) => {
                 return Ok(json_response(StatusCode::OK, &scale_of(&r.def, &v)?, &[]));
             }

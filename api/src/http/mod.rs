@@ -235,6 +235,7 @@ impl ApiServer {
                 }
             }
             "/openapi/v3" => return ok(self.openapi.index()),
+            "/openapi/v2" => return Ok(openapi_v2_stub()),
             _ => {}
         }
         if let Some(rest) = p.strip_prefix("/openapi/v3/") {
@@ -255,6 +256,36 @@ impl ApiServer {
             None => Err(ApiError::NoRoute),
         }
     }
+}
+
+/// A valid but empty OpenAPI v2 document in the protobuf form kubectl reads.
+///
+/// kubectl validates with OpenAPI v3 and consults v2 only for kinds v3 does not describe; an
+/// empty v2 document makes it skip validation for those, so the user sees the server's real
+/// answer (`no matches for kind …`) instead of "failed to download openapi".
+fn openapi_v2_stub() -> Response {
+    fn field(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
+        out.push(tag);
+        // Lengths here are below 128: one varint byte.
+        out.push(bytes.len() as u8);
+        out.extend_from_slice(bytes);
+    }
+    let mut info = Vec::new();
+    field(&mut info, 0x0a, b"Tugboat");
+    field(&mut info, 0x12, KUBE_VERSION.as_bytes());
+    let mut doc = Vec::new();
+    field(&mut doc, 0x0a, b"2.0"); // swagger
+    field(&mut doc, 0x12, &info); // info
+    field(&mut doc, 0x42, b""); // paths
+    field(&mut doc, 0x4a, b""); // definitions
+    let mut r = Response::new(Body::from(doc));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(
+            "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+        ),
+    );
+    r
 }
 
 fn text(s: &'static str) -> Response {

@@ -32,6 +32,14 @@ pub struct WatchParams {
     pub range: (String, String),
 }
 
+/// A watch body holding just one ERROR event.
+fn error_body(e: &ApiError) -> Body {
+    let line = serde_json::json!({"type": "ERROR", "object": e.status()});
+    let mut out = serde_json::to_vec(&line).unwrap_or_default();
+    out.push(b'\n');
+    Body::from(out)
+}
+
 /// How often a bookmark goes out when the revision moved.
 const BOOKMARK_EVERY: Duration = Duration::from_secs(5);
 
@@ -46,7 +54,12 @@ pub async fn watch_body(
             if rv > cache.revision() {
                 cache.wait_for(rv, Duration::from_secs(5)).await?;
             }
-            (Vec::new(), cache.subscribe(Some(rv))?)
+            match cache.subscribe(Some(rv)) {
+                Ok(sub) => (Vec::new(), sub),
+                // Clients re-list on an ERROR event carrying 410, not on an HTTP 410.
+                Err(e @ ApiError::Expired(_)) => return Ok(error_body(&e)),
+                Err(e) => return Err(e),
+            }
         }
         _ => {
             let (objs, sub) = cache.subscribe_with_snapshot(&p.range.0, &p.range.1)?;

@@ -230,7 +230,8 @@ impl WatchCache {
                 }
             }
         }
-        let _ = self.rev_tx.send(rev);
+        // send_replace: a plain send is dropped when nobody is waiting at that moment.
+        self.rev_tx.send_replace(rev);
         if let Ok(mut p) = self.progress.lock() {
             *p = Some(handle);
         }
@@ -267,9 +268,16 @@ impl WatchCache {
         };
         if rev > st.rev {
             st.rev = rev;
-            drop(st);
-            let _ = self.rev_tx.send(rev);
         }
+        let rev = st.rev;
+        drop(st);
+        self.rev_tx.send_if_modified(|cur| {
+            let moved = rev > *cur;
+            if moved {
+                *cur = rev;
+            }
+            moved
+        });
     }
 
     fn apply(&self, events: Vec<tugboat_store::pb::mvccpb::Event>) {
@@ -348,7 +356,7 @@ impl WatchCache {
         st.rev = last_rev;
         drop(fanout);
         drop(st);
-        let _ = self.rev_tx.send(last_rev);
+        self.rev_tx.send_replace(last_rev);
     }
 
     /// The cache's revision (0 until filled).
