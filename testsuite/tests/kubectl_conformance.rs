@@ -1387,7 +1387,10 @@ fn patch(s: &mut Suite) {
 
     // A patch that changes nothing writes nothing: same resourceVersion, no watch event.
     let rv = get("{.metadata.resourceVersion}");
-    assert_eq!(patch("--type merge -p '{}'").trim(), "ship/ship patched");
+    assert_eq!(
+        patch("--type merge -p '{}'").trim(),
+        "ship/ship patched (no change)"
+    );
     patch(r#"--type merge -p '{"spec":{"runStrategy":"RerunOnFailure"}}'"#);
     assert_eq!(
         get("{.metadata.resourceVersion}"),
