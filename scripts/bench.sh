@@ -12,6 +12,10 @@
 #   BENCH_SKIP_BUILD=1 scripts/bench.sh
 #   BENCH_ONLY=etcd scripts/bench.sh   # only etcd (checks the script itself); writes to stdout
 #   BENCH_ONLY=cluster scripts/bench.sh  # only the 3-node cluster benchmarks; writes to stdout
+#   BENCH_ONLY=api scripts/bench.sh    # only the Kubernetes API benchmark (apibench); writes to stdout
+#   BENCH_API=0 scripts/bench.sh       # leave the API benchmark out of a full run
+#   APIBENCH_CREATES=500 APIBENCH_WATCHERS=50 BENCH_ONLY=api scripts/bench.sh  # quick API run
+#                                      # (all APIBENCH_* knobs: target/release/apibench --help)
 #   BENCH_OUT=/tmp/b.md scripts/bench.sh # write the report there instead
 #
 # Single node: both servers run on loopback in fresh temp dirs with default
@@ -26,6 +30,11 @@
 # start, `member promote`) on freshly formed clusters, and the write outage after
 # kill -9 of the leader (`tugboat-loadgen failover-probe`; the killed member is
 # restarted and caught up before the next kill).
+#
+# Kubernetes API (`apibench`, after the others): the same tugboatd apiserver
+# over tugboat's own store and over Debian etcd (`--etcd-endpoints`), one after
+# the other: Ship creates/s and p99, `kubectl get ships -A` with 10,000 Ships,
+# raw list times, watch delivery latency to 1,000 watchers, RSS.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -45,13 +54,15 @@ WATCHERS=16
 CLUSTER=${BENCH_CLUSTER:-1}
 JOIN_REPEAT=${BENCH_JOIN_REPEAT:-5}
 KILLS=${BENCH_FAILOVER_KILLS:-10}
+API=${BENCH_API:-1}
+KUBECTL_BIN=${KUBECTL_BIN:-/usr/bin/kubectl}
 CLUSTER_CONNS=6 # two HTTP/2 connections per member when spreading over three
 HEARTBEAT_MS=100
 ELECTION_MS=1000
 PROBE_INTERVAL_MS=5
 COMMAND_LINE="${BENCH_DURATION:+BENCH_DURATION=$BENCH_DURATION }${BENCH_REPEAT:+BENCH_REPEAT=$BENCH_REPEAT }\
 ${BENCH_JOIN_REPEAT:+BENCH_JOIN_REPEAT=$BENCH_JOIN_REPEAT }${BENCH_FAILOVER_KILLS:+BENCH_FAILOVER_KILLS=$BENCH_FAILOVER_KILLS }\
-${BENCH_CLUSTER:+BENCH_CLUSTER=$BENCH_CLUSTER }${BENCH_ONLY:+BENCH_ONLY=$BENCH_ONLY }scripts/bench.sh"
+${BENCH_CLUSTER:+BENCH_CLUSTER=$BENCH_CLUSTER }${BENCH_API:+BENCH_API=$BENCH_API }${BENCH_ONLY:+BENCH_ONLY=$BENCH_ONLY }scripts/bench.sh"
 export ETCDCTL_API=3
 
 die() { echo "bench.sh: $*" >&2; exit 1; }
@@ -61,13 +72,20 @@ for tool in "$ETCD_BIN" "$ETCDCTL_BIN"; do
 done
 command -v python3 >/dev/null || die "python3 is needed to render the report"
 case "$ONLY" in
-    "" | etcd) ;;
-    cluster) CLUSTER=1 ;;
-    *) die "BENCH_ONLY must be etcd or cluster" ;;
+    "") ;;
+    etcd) API=0 ;;
+    cluster) CLUSTER=1; API=0 ;;
+    api) CLUSTER=0; API=1 ;;
+    *) die "BENCH_ONLY must be etcd, cluster or api" ;;
 esac
 SINGLE=1
 [ "$ONLY" = cluster ] && SINGLE=0
+[ "$ONLY" = api ] && SINGLE=0
 [ "$CLUSTER" = 0 ] || [ "$CLUSTER" = 1 ] || die "BENCH_CLUSTER must be 0 or 1"
+[ "$API" = 0 ] || [ "$API" = 1 ] || die "BENCH_API must be 0 or 1"
+if [ "$API" = 1 ]; then
+    [ -x "$KUBECTL_BIN" ] || die "$KUBECTL_BIN not found (set KUBECTL_BIN, or BENCH_API=0)"
+fi
 
 if [ -z "${BENCH_SKIP_BUILD:-}" ]; then
     echo "== building release binaries" >&2
@@ -80,7 +98,11 @@ fi
 TUGBOATD=$TARGET_DIR/release/tugboatd
 TUGBOAT_CLI=$TARGET_DIR/release/tugboat
 LOADGEN=$TARGET_DIR/release/tugboat-loadgen
+APIBENCH=$TARGET_DIR/release/apibench
 [ -x "$LOADGEN" ] || die "$LOADGEN missing (cargo build --release -p tugboat-testsuite)"
+if [ "$API" = 1 ]; then
+    [ -x "$APIBENCH" ] || die "$APIBENCH missing (cargo build --release -p tugboat-testsuite --bin apibench)"
+fi
 if [ "$ONLY" != etcd ]; then
     [ -x "$TUGBOATD" ] || die "$TUGBOATD missing (cargo build --release -p tugboat-ctl)"
     [ -x "$TUGBOAT_CLI" ] || die "$TUGBOAT_CLI missing (cargo build --release -p tugboat-ctl)"
@@ -510,6 +532,22 @@ if [ "$CLUSTER" = 1 ]; then
     cluster_benchmarks
 fi
 
+# The Kubernetes API benchmark starts its own servers (tugboatd via TUGBOATD_BIN,
+# etcd from /usr/bin/etcd) one backend at a time and writes api.json and the
+# Markdown section api.md. A failed backend is reported in that section instead
+# of failing the whole run.
+if [ "$API" = 1 ]; then
+    echo "== Kubernetes API benchmark (apibench)" >&2
+    api_started=$SECONDS
+    api_cmd="$( (env | grep '^APIBENCH_' || true) | sort | tr '\n' ' ')$COMMAND_LINE"
+    TUGBOATD_BIN=$TUGBOATD "$APIBENCH" --kubectl "$KUBECTL_BIN" --json-out "$RESULTS/api.json" \
+        --markdown-out "$RESULTS/api.md" --command "$api_cmd" >"$WORK/apibench.out" ||
+        echo "bench.sh: apibench reported a failure (see the API section)" >&2
+    cat "$WORK/apibench.out" >&2
+    [ -s "$RESULTS/api.md" ] || die "apibench wrote no report"
+    echo "== API benchmark took $((SECONDS - api_started)) s" >&2
+fi
+
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 ETCD_VERSION=$("$ETCD_BIN" --version 2>/dev/null | awk '/etcd Version/ { print $3 }')
 GIT_REV=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -522,6 +560,11 @@ cp -r "$RESULTS" "$TARGET_DIR/bench-results"
 OUT=$ROOT/docs/benchmarks.md
 [ -n "$ONLY" ] && OUT=/dev/stdout
 OUT=${BENCH_OUT:-$OUT}
+if [ "$ONLY" = api ]; then
+    cat "$RESULTS/api.md" >"$OUT"
+    [ "$OUT" = /dev/stdout ] || echo "== wrote $OUT" >&2
+    exit 0
+fi
 python3 - "$RESULTS" "$OUT" <<PY
 import json, os, sys
 res, out = sys.argv[1], sys.argv[2]
@@ -780,6 +823,9 @@ if errors:
 else:
     doc += "\nNo request failed in any load run" + (" (failed puts during failover are expected and not counted here)" if cluster else "") + ".\n"
 doc += "\nReproduce: \`scripts/bench.sh\` (\`BENCH_DURATION\` seconds per load run, \`BENCH_REPEAT\` rounds, \`BENCH_JOIN_REPEAT\` cluster formations, \`BENCH_FAILOVER_KILLS\` leader kills; the raw JSON of each run is left in \`target/bench-results/\`).\n"
+api_md = os.path.join(res, "api.md")
+if os.path.exists(api_md):
+    doc += "\n" + open(api_md).read()
 open(out, "w").write(doc)
 PY
 [ "$OUT" = /dev/stdout ] || echo "== wrote $OUT" >&2
