@@ -575,6 +575,10 @@ pub struct TugboatOptions {
     /// Run the node inside a network namespace (e.g. one of a [`crate::netns::NetLab`]) instead
     /// of on loopback ports of the test's own namespace; see [`NetnsPlacement`].
     pub netns: Option<NetnsPlacement>,
+    /// Serve the Kubernetes API (`--api-listen`). Off by default: the apiserver writes its
+    /// bootstrap objects (namespaces, RBAC defaults) into the store, which etcd-level tests
+    /// expect to start empty.
+    pub api: bool,
 }
 
 /// Where a node placed in a network namespace runs and listens.
@@ -622,6 +626,7 @@ impl Default for TugboatOptions {
             ready_timeout: DEFAULT_READY_TIMEOUT,
             join: None,
             netns: None,
+            api: false,
         }
     }
 }
@@ -906,7 +911,11 @@ impl TugboatNode {
             "--metrics-listen".into(),
             format!("127.0.0.1:{}", ports[3]),
             "--api-listen".into(),
-            api_addr.to_string(),
+            if opts.api {
+                api_addr.to_string()
+            } else {
+                "off".into()
+            },
         ];
         args.extend(opts.extra_args.iter().cloned());
         let first_args = opts.join.as_ref().map(|j| {

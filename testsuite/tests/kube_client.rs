@@ -209,7 +209,11 @@ async fn create_namespace(client: &Client, name: &str) {
 }
 
 fn start_own() -> TugboatNode {
-    let node = TugboatNode::start(TugboatOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let node = TugboatNode::start(TugboatOptions {
+        api: true,
+        ..TugboatOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
     wait_api_ready(&node).unwrap_or_else(|e| panic!("{e}"));
     node
 }
@@ -217,6 +221,7 @@ fn start_own() -> TugboatNode {
 fn start_on_etcd() -> (EtcdNode, TugboatNode) {
     let etcd = EtcdNode::start(EtcdOptions::default()).unwrap_or_else(|e| panic!("{e}"));
     let node = TugboatNode::start(TugboatOptions {
+        api: true,
         extra_args: vec!["--etcd-endpoints".into(), etcd.plain_endpoint()],
         ..TugboatOptions::default()
     })

@@ -2374,7 +2374,11 @@ fn namespace_deletion(s: &mut Suite) {
 
 #[test]
 fn kubectl_against_tugboat_store() {
-    let node = TugboatNode::start(TugboatOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let node = TugboatNode::start(TugboatOptions {
+        api: true,
+        ..TugboatOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
     run_suite(&node);
 }
 
@@ -2382,6 +2386,7 @@ fn kubectl_against_tugboat_store() {
 fn kubectl_against_debian_etcd() {
     let etcd = EtcdNode::start(EtcdOptions::default()).unwrap_or_else(|e| panic!("{e}"));
     let node = TugboatNode::start(TugboatOptions {
+        api: true,
         extra_args: vec!["--etcd-endpoints".into(), etcd.plain_endpoint()],
         ..TugboatOptions::default()
     })

@@ -161,7 +161,7 @@ async fn get(
             None,
             IncludeObject::parse(q.get("includeObject")),
         );
-        return Ok(json_response(StatusCode::OK, &t, &[]));
+        return Ok(bytes_response(t));
     }
     Ok(json_response(StatusCode::OK, &obj, &[]))
 }
@@ -256,7 +256,7 @@ async fn list(
             page.continue_token.as_deref(),
             IncludeObject::parse(q.get("includeObject")),
         );
-        return Ok(json_response(StatusCode::OK, &t, &[]));
+        return Ok(bytes_response(t));
     }
     // Written by hand: a 10,000-item list should not be cloned into one big Value first.
     let mut meta = json!({"resourceVersion": page.revision.to_string()});
@@ -281,12 +281,17 @@ async fn list(
         let _ = serde_json::to_writer(&mut out, item.as_ref());
     }
     out.extend_from_slice(b"]}");
+    Ok(bytes_response(out))
+}
+
+/// A 200 with a JSON body serialized already.
+fn bytes_response(out: Vec<u8>) -> Response {
     let mut resp = Response::new(Body::from(Bytes::from(out)));
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
     );
-    Ok(resp)
+    resp
 }
 
 async fn watch(

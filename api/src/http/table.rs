@@ -56,40 +56,68 @@ pub fn column_definitions(def: &ResourceDef) -> Vec<Value> {
 
 /// One row.
 pub fn row(def: &ResourceDef, obj: &Value, include: IncludeObject) -> Value {
-    let cells = def.ops.cells(obj);
-    let mut row = json!({ "cells": cells });
-    match include {
-        IncludeObject::None => {}
-        IncludeObject::Object => row["object"] = obj.clone(),
-        IncludeObject::Metadata => {
-            row["object"] = json!({
-                "kind": "PartialObjectMetadata",
-                "apiVersion": "meta.k8s.io/v1",
-                "metadata": obj.get("metadata").cloned().unwrap_or(json!({})),
-            })
-        }
-    }
-    row
+    let mut out = Vec::new();
+    write_row(&mut out, def, obj, include);
+    serde_json::from_slice(&out).unwrap_or(Value::Null)
 }
 
-/// A Table of objects.
+/// Writes one row as JSON. The row's object carries the metadata without managedFields, which
+/// no table printer reads and which would double the size of a large list.
+fn write_row(out: &mut Vec<u8>, def: &ResourceDef, obj: &Value, include: IncludeObject) {
+    out.extend_from_slice(b"{\"cells\":");
+    let _ = serde_json::to_writer(&mut *out, &def.ops.cells(obj));
+    match include {
+        IncludeObject::None => {}
+        IncludeObject::Object => {
+            out.extend_from_slice(b",\"object\":");
+            let _ = serde_json::to_writer(&mut *out, obj);
+        }
+        IncludeObject::Metadata => {
+            out.extend_from_slice(
+                b",\"object\":{\"kind\":\"PartialObjectMetadata\",\"apiVersion\":\"meta.k8s.io/v1\",\"metadata\":{",
+            );
+            if let Some(m) = obj.get("metadata").and_then(Value::as_object) {
+                let mut first = true;
+                for (k, v) in m.iter().filter(|(k, _)| k.as_str() != "managedFields") {
+                    if !first {
+                        out.push(b',');
+                    }
+                    first = false;
+                    let _ = serde_json::to_writer(&mut *out, k);
+                    out.push(b':');
+                    let _ = serde_json::to_writer(&mut *out, v);
+                }
+            }
+            out.extend_from_slice(b"}}");
+        }
+    }
+    out.push(b'}');
+}
+
+/// A Table of objects, serialized row by row (a 10,000-row table never exists as a tree).
 pub fn table<'a>(
     def: &ResourceDef,
     objs: impl Iterator<Item = &'a Value>,
     resource_version: i64,
     continue_token: Option<&str>,
     include: IncludeObject,
-) -> Value {
-    let rows: Vec<Value> = objs.map(|o| row(def, o, include)).collect();
+) -> Vec<u8> {
     let mut meta = json!({ "resourceVersion": resource_version.to_string() });
     if let Some(c) = continue_token {
         meta["continue"] = json!(c);
     }
-    json!({
-        "kind": "Table",
-        "apiVersion": "meta.k8s.io/v1",
-        "metadata": meta,
-        "columnDefinitions": column_definitions(def),
-        "rows": rows,
-    })
+    let mut out = Vec::with_capacity(4096);
+    out.extend_from_slice(b"{\"kind\":\"Table\",\"apiVersion\":\"meta.k8s.io/v1\",\"metadata\":");
+    let _ = serde_json::to_writer(&mut out, &meta);
+    out.extend_from_slice(b",\"columnDefinitions\":");
+    let _ = serde_json::to_writer(&mut out, &column_definitions(def));
+    out.extend_from_slice(b",\"rows\":[");
+    for (i, o) in objs.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_row(&mut out, def, o, include);
+    }
+    out.extend_from_slice(b"]}");
+    out
 }

@@ -207,7 +207,8 @@ impl<K: Kind> KindOps for Typed<K> {
 
     fn cells(&self, obj: &Value) -> Vec<Value> {
         let now = jiff::Timestamp::now();
-        match from_value::<K>(obj.clone()) {
+        // Deserializing from a reference: no copy of the object per row.
+        match K::deserialize(obj) {
             Ok(t) => t.cells(obj, now),
             Err(_) => {
                 let cols = K::columns();

@@ -146,6 +146,7 @@ async fn run_phases(
     }
     let opts = TugboatOptions {
         name: "apibench".into(),
+        api: true,
         extra_args: extra,
         env,
         ..TugboatOptions::default()
