@@ -6,6 +6,8 @@
 //! `kinds` holds the typed resources, their defaults, validation, schemas and table columns;
 //! `registry` is the table of kinds every other layer consults.
 
+#![warn(missing_docs)]
+
 pub mod auth;
 pub mod discovery;
 pub mod error;

@@ -2,6 +2,7 @@
 //! write may change.
 
 use crate::error::{ApiError, FieldError};
+use crate::kinds::common::{dns1123_label, dns1123_subdomain};
 use crate::registry::ResourceDef;
 use rand::Rng;
 use serde_json::{Map, Value};
@@ -16,7 +17,11 @@ pub fn now_rfc3339() -> String {
 
 /// A random version-4 UUID.
 pub fn new_uid() -> String {
-    let mut b: [u8; 16] = rand::rng().random();
+    uuid_v4(rand::rng().random())
+}
+
+/// Formats 16 random bytes as a version-4 UUID (`xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx`).
+pub fn uuid_v4(mut b: [u8; 16]) -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = hex::encode(b);
@@ -39,30 +44,6 @@ fn random_suffix() -> String {
         .collect()
 }
 
-/// Checks a DNS-1123 subdomain (object names) and returns the Kubernetes messages.
-pub fn dns_subdomain_errors(name: &str) -> Vec<String> {
-    let mut errs = Vec::new();
-    if name.len() > 253 {
-        errs.push("must be no more than 253 characters".to_string());
-    }
-    let ok = !name.is_empty()
-        && name
-            .bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.')
-        && name
-            .bytes()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .bytes()
-            .last()
-            .is_some_and(|c| c.is_ascii_alphanumeric());
-    if !ok {
-        errs.push("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')".to_string());
-    }
-    errs
-}
-
 /// Checks a name that only has to be a valid URL path segment (RBAC objects).
 pub fn path_segment_errors(name: &str) -> Vec<String> {
     if name == "." || name == ".." {
@@ -73,30 +54,6 @@ pub fn path_segment_errors(name: &str) -> Vec<String> {
         .filter(|c| name.contains(*c))
         .map(|c| format!("may not contain '{c}'"))
         .collect()
-}
-
-/// Checks a DNS-1123 label (namespace names).
-pub fn dns_label_errors(name: &str) -> Vec<String> {
-    let mut errs = Vec::new();
-    if name.len() > 63 {
-        errs.push("must be no more than 63 characters".to_string());
-    }
-    let ok = !name.is_empty()
-        && name
-            .bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
-        && name
-            .bytes()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .bytes()
-            .last()
-            .is_some_and(|c| c.is_ascii_alphanumeric());
-    if !ok {
-        errs.push("a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')".to_string());
-    }
-    errs
 }
 
 /// The metadata object (created if missing).
@@ -187,10 +144,10 @@ pub fn prepare_create(
         ));
     }
     let errs = match def.kind {
-        "Namespace" => dns_label_errors(&name),
+        "Namespace" => dns1123_label(&name),
         // RBAC names only need to be usable as a path segment (`system:masters`, …).
         "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => path_segment_errors(&name),
-        _ => dns_subdomain_errors(&name),
+        _ => dns1123_subdomain(&name),
     };
     if !errs.is_empty() {
         return Err(ApiError::invalid(
@@ -339,9 +296,28 @@ mod tests {
     }
 
     #[test]
+    fn create_rejects_subdomain_with_empty_part() {
+        let reg = crate::kinds::registry();
+        let def = reg.by_kind("v1", "ConfigMap").unwrap();
+        for bad in ["a..b", "a.-b", "a-.b"] {
+            let mut obj = serde_json::json!({"metadata": {"name": bad}});
+            assert!(
+                prepare_create(def, &mut obj, Some("default"), None).is_err(),
+                "{bad}"
+            );
+        }
+        let mut obj = serde_json::json!({"metadata": {"name": "a.b-c"}});
+        prepare_create(def, &mut obj, Some("default"), None).unwrap();
+    }
+
+    #[test]
     fn names() {
-        assert!(dns_subdomain_errors("my-ship.a").is_empty());
-        assert!(!dns_subdomain_errors("My_Ship").is_empty());
-        assert!(!dns_label_errors("a.b").is_empty());
+        assert!(dns1123_subdomain("my-ship.a").is_empty());
+        assert!(!dns1123_subdomain("My_Ship").is_empty());
+        assert!(!dns1123_label("a.b").is_empty());
+        // Each dot-separated part must be a label (the former meta.rs check let these through).
+        assert!(!dns1123_subdomain("a..b").is_empty());
+        assert!(!dns1123_subdomain("a.-b").is_empty());
+        assert!(!dns1123_subdomain("a-.b").is_empty());
     }
 }

@@ -1208,6 +1208,33 @@ mod tests {
     }
 
     #[test]
+    fn k8s_selector_match_labels_and_expressions() {
+        // Moved from the former auth::selector (ClusterRole aggregation).
+        let s = LabelSelector::from_k8s(&json!({
+            "matchLabels": {"a": "1"},
+            "matchExpressions": [
+                {"key": "b", "operator": "In", "values": ["x", "y"]},
+                {"key": "c", "operator": "DoesNotExist"},
+                {"key": "d", "operator": "NotIn", "values": ["bad"]},
+            ]
+        }))
+        .unwrap();
+        assert!(s.matches(&labels(&[("a", "1"), ("b", "y")])));
+        assert!(!s.matches(&labels(&[("a", "1"), ("b", "z")])));
+        assert!(!s.matches(&labels(&[("a", "1"), ("b", "x"), ("c", "")])));
+        assert!(!s.matches(&labels(&[("a", "1"), ("b", "x"), ("d", "bad")])));
+        assert!(!s.matches(&labels(&[("a", "2"), ("b", "x")])));
+        assert!(LabelSelector::from_k8s(
+            &json!({"matchExpressions": [{"key": "a", "operator": "Near"}]})
+        )
+        .is_err());
+        assert!(
+            LabelSelector::from_k8s(&json!({"matchExpressions": [{"operator": "Exists"}]}))
+                .is_err()
+        );
+    }
+
+    #[test]
     fn label_matches_object() {
         let sel = LabelSelector::parse("app=web").unwrap();
         assert!(sel.matches_object(&json!({"metadata": {"labels": {"app": "web"}}})));

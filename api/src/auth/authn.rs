@@ -462,22 +462,13 @@ fn rfc3339(t: jiff::Timestamp) -> String {
     }
 }
 
+/// A random version-4 UUID from the system generator (token ids).
 fn random_id() -> Result<String, ApiError> {
     let mut b = [0u8; 16];
     ring::rand::SystemRandom::new()
         .fill(&mut b)
         .map_err(|_| ApiError::Internal("system random generator failed".into()))?;
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex::encode(b);
-    Ok(format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    ))
+    Ok(crate::meta::uuid_v4(b))
 }
 
 fn service_account_user(

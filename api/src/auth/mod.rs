@@ -15,7 +15,6 @@ mod bootstrap;
 pub mod jwt;
 mod rbac;
 pub mod review;
-mod selector;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

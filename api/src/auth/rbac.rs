@@ -4,10 +4,10 @@
 //! form is cached per object (keyed by the object's `Arc` identity and its resourceVersion), so a
 //! request costs a few map look-ups per binding instead of JSON parsing.
 
-use super::selector::LabelSelector;
 use super::storage_names::{CLUSTER_ROLES, CLUSTER_ROLE_BINDINGS, ROLES, ROLE_BINDINGS};
 use super::{str_at, strings, Attributes, ObjectSource, UserInfo, MASTERS_GROUP};
 use crate::error::ApiError;
+use crate::selector::{object_labels, LabelSelector};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -152,19 +152,17 @@ impl ParsedRole {
             .and_then(Value::as_array)
             .map(|rs| rs.iter().map(Rule::parse).collect())
             .unwrap_or_default();
-        let labels = v["metadata"]["labels"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let labels = object_labels(v);
+        // An invalid selector matches nothing, so it is simply left out.
         let aggregation = v
             .get("aggregationRule")
             .and_then(|a| a.get("clusterRoleSelectors"))
             .and_then(Value::as_array)
-            .map(|sels| sels.iter().map(LabelSelector::parse).collect());
+            .map(|sels| {
+                sels.iter()
+                    .filter_map(|s| LabelSelector::from_k8s(s).ok())
+                    .collect()
+            });
         ParsedRole {
             rules,
             labels,

@@ -82,18 +82,25 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                Ok(b) => {
-                    out.push(b);
+            // Bytes, not `&s[..]`: the two bytes after `%` may split a multi-byte character.
+            b'%' => match (hex_digit(bytes.get(i + 1)), hex_digit(bytes.get(i + 2))) {
+                (Some(hi), Some(lo)) => {
+                    out.push(hi << 4 | lo);
                     i += 2;
                 }
-                Err(_) => out.push(b'%'),
+                _ => out.push(b'%'),
             },
             b => out.push(b),
         }
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex_digit(b: Option<&u8>) -> Option<u8> {
+    char::from(*b?)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
 }
 
 /// Resolves a path and method into a target.
@@ -201,4 +208,20 @@ pub fn resolve(
         subresource: sub.to_string(),
         verb,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn percent_decode_does_not_split_characters() {
+        // `%` followed by one hex digit and a multi-byte character used to slice inside it.
+        assert_eq!(percent_decode("%a\u{e9}"), "%a\u{e9}");
+        assert_eq!(percent_decode("%\u{e9}"), "%\u{e9}");
+        assert_eq!(percent_decode("a%41+b%2"), "aA b%2");
+        assert_eq!(percent_decode("%"), "%");
+        // `from_str_radix` accepted a sign: `%+1` is not an escape.
+        assert_eq!(percent_decode("%+1"), "% 1");
+    }
 }

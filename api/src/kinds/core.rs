@@ -1057,35 +1057,27 @@ fn network_cells(
     ]
 }
 
-impl Kind for NetworkClass {
-    fn validate(&self, _old: Option<&Self>) -> Vec<FieldError> {
-        validate_network_spec(&self.spec)
-    }
-    fn columns() -> Vec<Column> {
-        network_columns()
-    }
-    fn cells(&self, obj: &Value, now: jiff::Timestamp) -> Vec<Value> {
-        network_cells(&self.spec, &self.status, obj, now)
-    }
-    fn selectable_fields() -> &'static [&'static str] {
-        &["spec.cniPlugin"]
-    }
+/// NetworkClass and ClusterNetworkClass differ only in scope.
+macro_rules! network_kind {
+    ($($kind:ty),*) => {$(
+        impl Kind for $kind {
+            fn validate(&self, _old: Option<&Self>) -> Vec<FieldError> {
+                validate_network_spec(&self.spec)
+            }
+            fn columns() -> Vec<Column> {
+                network_columns()
+            }
+            fn cells(&self, obj: &Value, now: jiff::Timestamp) -> Vec<Value> {
+                network_cells(&self.spec, &self.status, obj, now)
+            }
+            fn selectable_fields() -> &'static [&'static str] {
+                &["spec.cniPlugin"]
+            }
+        }
+    )*};
 }
 
-impl Kind for ClusterNetworkClass {
-    fn validate(&self, _old: Option<&Self>) -> Vec<FieldError> {
-        validate_network_spec(&self.spec)
-    }
-    fn columns() -> Vec<Column> {
-        network_columns()
-    }
-    fn cells(&self, obj: &Value, now: jiff::Timestamp) -> Vec<Value> {
-        network_cells(&self.spec, &self.status, obj, now)
-    }
-    fn selectable_fields() -> &'static [&'static str] {
-        &["spec.cniPlugin"]
-    }
-}
+network_kind!(NetworkClass, ClusterNetworkClass);
 
 // =============================================================================================
 // Namespace

@@ -11,6 +11,15 @@ use super::PatchError;
 /// The most operations one JSON patch may carry (Kubernetes' limit).
 pub const MAX_OPERATIONS: usize = 10_000;
 
+/// The most bytes (as JSON) `copy` operations of one patch may duplicate in total (Kubernetes
+/// bounds them by its request body limit, `jsonpatch.AccumulatedCopySizeLimit`).
+pub const MAX_COPY_BYTES: usize = crate::http::body::MAX_BODY_BYTES;
+
+/// The deepest nesting (objects and arrays) a patched object may reach: what `serde_json`
+/// reads back (it refuses 128 levels), so a stored object stays readable, and what the
+/// recursive code that handles objects can walk without exhausting the stack.
+pub const MAX_DEPTH: usize = 127;
+
 /// Applies JSON patch `patch` (the decoded body) to `doc` and returns the result; `doc` is left
 /// untouched when an operation fails.
 pub fn apply(doc: &Value, patch: &Value) -> Result<Value, PatchError> {
@@ -35,15 +44,59 @@ pub fn apply(doc: &Value, patch: &Value) -> Result<Value, PatchError> {
         }
     }
     let mut out = doc.clone();
+    let mut copied = 0;
     for (index, op) in ops.iter().enumerate() {
-        apply_op(&mut out, op).map_err(|(op_name, path, message)| PatchError::OperationFailed {
-            index,
-            op: op_name,
-            path,
-            message,
+        apply_op(&mut out, op, &mut copied).map_err(|e| match e {
+            OpFailure::Op(op_name, path, message) => PatchError::OperationFailed {
+                index,
+                op: op_name,
+                path,
+                message,
+            },
+            OpFailure::CopyTooLarge(size) => PatchError::CopyTooLarge(format!(
+                "Unable to copy, the accumulated size increase of copy is {size}, exceeding the limit {MAX_COPY_BYTES}"
+            )),
         })?;
     }
     Ok(out)
+}
+
+/// The nesting depth of `v` (a scalar is 0, `[]` and `{}` are 1), without recursion.
+pub fn depth(v: &Value) -> usize {
+    let mut max = 0;
+    let mut stack = vec![(v, 0)];
+    while let Some((v, d)) = stack.pop() {
+        match v {
+            Value::Array(a) => {
+                max = max.max(d + 1);
+                stack.extend(a.iter().map(|c| (c, d + 1)));
+            }
+            Value::Object(m) => {
+                max = max.max(d + 1);
+                stack.extend(m.values().map(|c| (c, d + 1)));
+            }
+            _ => {}
+        }
+    }
+    max
+}
+
+/// The length of `v` serialized as JSON, without building it.
+fn json_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    // Writing to a counter cannot fail; a failure would only undercount.
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
 }
 
 fn json_type(v: &Value) -> &'static str {
@@ -59,7 +112,20 @@ fn json_type(v: &Value) -> &'static str {
 
 type OpError = (String, String, String);
 
-fn apply_op(doc: &mut Value, op: &Value) -> Result<(), OpError> {
+enum OpFailure {
+    /// The operation does not apply: (op, path, message).
+    Op(String, String, String),
+    /// `copy` operations duplicated more than [`MAX_COPY_BYTES`] (the total so far).
+    CopyTooLarge(usize),
+}
+
+impl From<OpError> for OpFailure {
+    fn from((op, path, message): OpError) -> Self {
+        OpFailure::Op(op, path, message)
+    }
+}
+
+fn apply_op(doc: &mut Value, op: &Value, copied: &mut usize) -> Result<(), OpFailure> {
     let name = op
         .get("op")
         .and_then(Value::as_str)
@@ -68,11 +134,19 @@ fn apply_op(doc: &mut Value, op: &Value) -> Result<(), OpError> {
     let path = op.get("path").and_then(Value::as_str).map(str::to_string);
     let fail = |msg: String| (name.clone(), path.clone().unwrap_or_default(), msg);
     let Some(path_str) = path.clone() else {
-        return Err(fail(format!(
-            "{name} operation does not apply: missing path"
-        )));
+        return Err(fail(format!("{name} operation does not apply: missing path")).into());
     };
     let pointer = parse_pointer(&path_str).map_err(fail)?;
+    // What is written at `pointer` must keep the object within MAX_DEPTH.
+    let too_deep = |v: &Value| -> Result<(), OpError> {
+        let d = pointer.len().saturating_add(depth(v));
+        if d > MAX_DEPTH {
+            return Err(fail(format!(
+                "{name} operation does not apply: the result would nest {d} levels deep, more than the limit of {MAX_DEPTH}"
+            )));
+        }
+        Ok(())
+    };
     let value = || {
         op.get("value")
             .cloned()
@@ -85,12 +159,16 @@ fn apply_op(doc: &mut Value, op: &Value) -> Result<(), OpError> {
             .ok_or_else(|| fail(format!("{name} operation does not apply: missing from")))?;
         parse_pointer(f).map_err(fail)
     };
-    match name.as_str() {
-        "add" => add(doc, &pointer, value()?).map_err(|m| {
-            fail(format!(
-                "add operation does not apply: doc is missing path: \"{path_str}\": {m}"
-            ))
-        }),
+    let result: Result<(), OpError> = match name.as_str() {
+        "add" => {
+            let v = value()?;
+            too_deep(&v)?;
+            add(doc, &pointer, v).map_err(|m| {
+                fail(format!(
+                    "add operation does not apply: doc is missing path: \"{path_str}\": {m}"
+                ))
+            })
+        }
         "remove" => remove(doc, &pointer).map(|_| ()).map_err(|m| {
             fail(format!(
                 "remove operation does not apply: doc is missing path: \"{path_str}\": {m}"
@@ -98,6 +176,7 @@ fn apply_op(doc: &mut Value, op: &Value) -> Result<(), OpError> {
         }),
         "replace" => {
             let v = value()?;
+            too_deep(&v)?;
             match get_mut(doc, &pointer) {
                 Some(slot) => {
                     *slot = v;
@@ -114,7 +193,8 @@ fn apply_op(doc: &mut Value, op: &Value) -> Result<(), OpError> {
                 return Err(fail(format!(
                     "move operation does not apply: cannot move {} into its own child {path_str}",
                     to_pointer(&from_ptr)
-                )));
+                ))
+                .into());
             }
             let v = remove(doc, &from_ptr).map_err(|m| {
                 fail(format!(
@@ -122,6 +202,7 @@ fn apply_op(doc: &mut Value, op: &Value) -> Result<(), OpError> {
                     to_pointer(&from_ptr)
                 ))
             })?;
+            too_deep(&v)?;
             add(doc, &pointer, v).map_err(|m| {
                 fail(format!(
                     "move operation does not apply: doc is missing destination path: {path_str}: {m}"
@@ -130,12 +211,20 @@ fn apply_op(doc: &mut Value, op: &Value) -> Result<(), OpError> {
         }
         "copy" => {
             let from_ptr = from()?;
-            let v = get(doc, &from_ptr).cloned().ok_or_else(|| {
+            let source = get(doc, &from_ptr).ok_or_else(|| {
                 fail(format!(
                     "copy operation does not apply: doc is missing from path: {}: missing value",
                     to_pointer(&from_ptr)
                 ))
             })?;
+            // Checked before cloning: repeated copies of a value into itself double its size
+            // (and its depth) each time.
+            too_deep(source)?;
+            *copied = copied.saturating_add(json_len(source));
+            if *copied > MAX_COPY_BYTES {
+                return Err(OpFailure::CopyTooLarge(*copied));
+            }
+            let v = source.clone();
             add(doc, &pointer, v).map_err(|m| {
                 fail(format!(
                     "copy operation does not apply: doc is missing destination path: {path_str}: {m}"
@@ -157,7 +246,8 @@ fn apply_op(doc: &mut Value, op: &Value) -> Result<(), OpError> {
             }
         }
         other => Err(fail(format!("Unexpected kind: {other}"))),
-    }
+    };
+    Ok(result?)
 }
 
 /// Deep equality where numbers compare by value (`1` equals `1.0`).
@@ -292,6 +382,69 @@ fn remove(doc: &mut Value, ptr: &[String]) -> Result<Value, String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn nested(levels: usize) -> Value {
+        let mut v = json!(1);
+        for _ in 0..levels {
+            v = json!({ "a": v });
+        }
+        v
+    }
+
+    #[test]
+    fn max_depth_is_what_serde_json_reads_back() {
+        let ok = serde_json::to_vec(&nested(MAX_DEPTH)).unwrap();
+        assert!(serde_json::from_slice::<Value>(&ok).is_ok());
+        let deep = serde_json::to_vec(&nested(MAX_DEPTH + 1)).unwrap();
+        assert!(serde_json::from_slice::<Value>(&deep).is_err());
+        assert_eq!(depth(&nested(MAX_DEPTH)), MAX_DEPTH);
+        assert_eq!(depth(&json!([[], {}])), 2);
+        assert_eq!(depth(&json!("x")), 0);
+    }
+
+    #[test]
+    fn copies_into_itself_are_bounded() {
+        // Each copy doubles the object: 40 of them would need 2^40 times the memory.
+        let doc = json!({"spec": {"config": {"blob": "x".repeat(1000)}}});
+        let ops: Vec<Value> = (0..40)
+            .map(|i| json!({"op": "copy", "from": "/spec/config", "path": format!("/spec/config/c{i}")}))
+            .collect();
+        let err = apply(&doc, &Value::Array(ops)).unwrap_err();
+        assert!(matches!(err, PatchError::CopyTooLarge(_)), "{err:?}");
+        assert!(matches!(
+            err.to_api_error("NetworkClass", "", "networkclasses", "n"),
+            crate::ApiError::TooLarge(_)
+        ));
+        // A few copies are fine.
+        let ops = json!([{"op": "copy", "from": "/spec/config", "path": "/spec/copy"}]);
+        let out = apply(&doc, &ops).unwrap();
+        assert_eq!(out["spec"]["copy"], doc["spec"]["config"]);
+    }
+
+    #[test]
+    fn depth_is_bounded() {
+        // Adds at ever deeper paths (or copies of a value into itself) would nest the object
+        // deeper than it can be stored, read back, or walked without overflowing the stack.
+        let doc = json!({"spec": {"config": nested(100)}});
+        let deep_path = format!("/spec/config{}", "/a".repeat(99));
+        let ops = json!([{"op": "add", "path": format!("{deep_path}/b"), "value": nested(50)}]);
+        let err = apply(&doc, &ops).unwrap_err();
+        assert!(
+            matches!(&err, PatchError::OperationFailed { index: 0, .. }),
+            "{err:?}"
+        );
+        let ops = json!([{"op": "copy", "from": "/spec/config", "path": format!("{deep_path}/b")}]);
+        assert!(matches!(
+            apply(&doc, &ops).unwrap_err(),
+            PatchError::OperationFailed { .. }
+        ));
+        let ops = json!([{"op": "replace", "path": deep_path, "value": nested(50)}]);
+        assert!(apply(&doc, &ops).is_err());
+        let ops = json!([{"op": "move", "from": "/spec/config", "path": "/spec/x/y"}]);
+        assert!(apply(&doc, &ops).is_err()); // /spec/x is missing
+        let ops = json!([{"op": "add", "path": format!("{deep_path}/b"), "value": nested(5)}]);
+        assert!(depth(&apply(&doc, &ops).unwrap()) <= MAX_DEPTH);
+    }
 
     fn doc() -> Value {
         json!({"metadata": {"name": "x", "labels": {"a": "1"}}, "spec": {"replicas": 1, "list": [1, 2, 3]}})

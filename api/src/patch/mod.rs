@@ -160,6 +160,9 @@ pub enum PatchError {
         /// Operations in the request.
         got: usize,
     },
+    /// JSON patch `copy` operations duplicate more data than the server accepts (413).
+    #[error("{0}")]
+    CopyTooLarge(String),
     /// Server-side apply conflicts with other field managers (409 Conflict).
     #[error("{}", conflicts_message(.0))]
     Conflicts(Vec<Conflict>),
@@ -189,7 +192,9 @@ impl PatchError {
                     message: format!("{op} {path}: {message}"),
                 }],
             ),
-            PatchError::TooManyOperations { .. } => ApiError::TooLarge(self.to_string()),
+            PatchError::TooManyOperations { .. } | PatchError::CopyTooLarge(_) => {
+                ApiError::TooLarge(self.to_string())
+            }
             PatchError::Conflicts(_) => ApiError::Conflict {
                 message: self.to_string(),
                 group: group.to_string(),
