@@ -572,6 +572,31 @@ async fn typed_crud(client: Client) {
             .await,
     );
     assert_eq!(renewed.data["spec"]["leaseTransitions"], 1);
+
+    // The same Lease through coordination.k8s.io/v1 with k8s-openapi's typed Lease (what
+    // client-go and kube-rs leader election use): one object, two groups.
+    let typed: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), ns);
+    let seen = must("get typed lease", typed.get("leader").await);
+    assert_eq!(
+        seen.spec.as_ref().and_then(|s| s.lease_transitions),
+        Some(1)
+    );
+    let moved = must(
+        "update typed lease",
+        typed
+            .patch(
+                "leader",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"holderIdentity": "other"}})),
+            )
+            .await,
+    );
+    assert_eq!(
+        moved.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some("other")
+    );
+    let again = must("get lease after typed update", leases.get("leader").await);
+    assert_eq!(again.data["spec"]["holderIdentity"], "other");
 }
 
 async fn paged_list(client: Client) {

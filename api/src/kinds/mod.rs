@@ -339,18 +339,22 @@ pub fn registry() -> Registry {
     ];
     defs.extend(rbac_defs("authorization"));
     defs.extend(rbac_defs("rbac.authorization.k8s.io"));
-    defs.push(def::<coordination::Lease>(
-        "coordination",
-        "Lease",
-        "leases",
-        "lease",
-        NONE,
-        NONE,
-        true,
-        "coordination/leases",
-        false,
-        None,
-    ));
+    // Served as the seed's `coordination/v1` and as `coordination.k8s.io/v1` (what client-go
+    // and kube-rs leader election use), over the same objects.
+    for group in ["coordination", "coordination.k8s.io"] {
+        defs.push(def::<coordination::Lease>(
+            group,
+            "Lease",
+            "leases",
+            "lease",
+            NONE,
+            NONE,
+            true,
+            "coordination/leases",
+            false,
+            None,
+        ));
+    }
     Registry::new(defs)
 }
 
