@@ -2374,12 +2374,58 @@ fn namespace_deletion(s: &mut Suite) {
 
 #[test]
 fn kubectl_against_tugboat_store() {
+    let audit_dir = tempfile::tempdir().expect("temp dir");
+    let audit = audit_dir.path().join("audit.log");
     let node = TugboatNode::start(TugboatOptions {
         api: true,
+        extra_args: vec!["--audit-log".into(), audit.display().to_string()],
         ..TugboatOptions::default()
     })
     .unwrap_or_else(|e| panic!("{e}"));
     run_suite(&node);
+    check_audit_log(&audit);
+}
+
+/// Every request of the session is in the audit log as a JSON line; the refused create of the
+/// ServiceAccount bound to `view` is there with who, what and 403.
+fn check_audit_log(path: &std::path::Path) {
+    // The log is written by a background thread; give it a moment to catch up.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line {l:?}: {e}")))
+            .collect();
+        let forbidden = lines.iter().any(|e| {
+            e["user"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("system:serviceaccount:")
+                && e["verb"] == "create"
+                && e["resource"] == "ships"
+                && e["code"] == 403
+        });
+        let admin_reads = lines
+            .iter()
+            .filter(|e| e["user"] == "admin" && e["verb"] == "list" && e["code"] == 200)
+            .count();
+        if forbidden && admin_reads > 0 {
+            for e in &lines {
+                for field in ["ts", "user", "verb", "uri", "code", "latencyMs", "sourceIp"] {
+                    assert!(e.get(field).is_some(), "audit line without {field}: {e}");
+                }
+            }
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "audit log {} lacks the forbidden create or admin lists ({} lines)",
+            path.display(),
+            lines.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]

@@ -188,8 +188,12 @@ impl WatchCache {
             }
             let last = kvs.last().map(|k| k.key.clone());
             for item in &kvs {
-                if let Some(v) = decode_stored(item) {
-                    objects.insert(String::from_utf8_lossy(&item.key).into_owned(), Arc::new(v));
+                let key = String::from_utf8_lossy(&item.key).into_owned();
+                match decode_stored(item) {
+                    Some(v) => {
+                        objects.insert(key, Arc::new(v));
+                    }
+                    None => tracing::warn!(key, "undecodable object in store; not served"),
                 }
             }
             match (more, last) {
