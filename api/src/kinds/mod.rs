@@ -9,9 +9,11 @@ pub mod common;
 pub mod coordination;
 pub mod core;
 pub mod rbac;
+pub mod resource;
 pub mod typed;
 
 pub use common::{human_age, human_duration, parse_quantity, Condition, Selector};
+pub use resource::TypeMeta;
 pub use typed::{Kind, Typed};
 
 use crate::registry::{Registry, ResourceDef, ScaleSpec, ALL_VERBS};

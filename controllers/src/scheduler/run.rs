@@ -1,0 +1,441 @@
+//! The scheduling loop: kube-rs reflectors of Nodes, Ships and the classes feed a queue of
+//! unscheduled Ships (per-Ship exponential backoff); each is filtered and scored
+//! ([`super::schedule`]) and bound with a JSON merge patch of `spec.nodeName` that carries the
+//! Ship's `metadata.resourceVersion` as a precondition, so a Ship changed or bound by someone
+//! else meanwhile is never double-bound (409 Conflict). Then `status.phase` becomes
+//! `Scheduled`. When nothing fits, a `FailedScheduling` Warning Event explains why (throttled
+//! per Ship).
+//!
+//! Only the leader schedules: [`Scheduler::run`] follows a leadership channel (see
+//! [`crate::leader`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{EventSource, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::Client;
+use serde_json::json;
+use tokio::sync::{watch, Notify};
+use tugboat_api::kinds::core::{
+    ClusterNetworkClass, Event, NetworkClass, Node, RuntimeClass, Ship, ShipClass,
+};
+
+use super::{schedule, ClusterState, ScheduleError};
+
+/// Errors of binding one Ship.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// The Ship changed (or was bound) since it was read: the precondition failed.
+    #[error("ship {0} changed since it was read")]
+    Conflict(String),
+    /// Another apiserver error.
+    #[error("binding ship {ship}: {source}")]
+    Api {
+        /// `namespace/name`.
+        ship: String,
+        /// The client error.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Settings of a [`Scheduler`].
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// `source.component` / `reportingComponent` of the Events.
+    pub component: String,
+    /// `reportingInstance` of the Events (e.g. the host).
+    pub instance: String,
+    /// Backoff after the first failed attempt; doubles per failure.
+    pub initial_backoff: Duration,
+    /// Longest backoff.
+    pub max_backoff: Duration,
+    /// At most one `FailedScheduling` Event per Ship per this interval (unless its message
+    /// changes).
+    pub event_interval: Duration,
+    /// Rescan period when no watch event arrives.
+    pub resync: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            component: "tugboat-scheduler".into(),
+            instance: String::new(),
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(10),
+            event_interval: Duration::from_secs(30),
+            resync: Duration::from_secs(1),
+        }
+    }
+}
+
+/// `namespace/name` of a Ship.
+fn key(ship: &Ship) -> String {
+    format!(
+        "{}/{}",
+        ship.metadata.namespace.as_deref().unwrap_or(""),
+        ship.metadata.name.as_deref().unwrap_or("")
+    )
+}
+
+#[derive(Clone, Debug)]
+struct Backoff {
+    failures: u32,
+    next: Instant,
+}
+
+/// The reflector stores the scheduler reads.
+#[derive(Clone)]
+struct Stores {
+    nodes: Store<Node>,
+    ships: Store<Ship>,
+    ship_classes: Store<ShipClass>,
+    runtime_classes: Store<RuntimeClass>,
+    network_classes: Store<NetworkClass>,
+    cluster_network_classes: Store<ClusterNetworkClass>,
+}
+
+/// Aborts the reflector tasks when dropped.
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+fn spawn_reflector<K>(
+    api: Api<K>,
+    notify: Arc<Notify>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store::<K>();
+    let stream =
+        reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    tasks.push(tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            if let Err(e) = ev {
+                tracing::debug!(error = %e, "scheduler watch error");
+            }
+            notify.notify_one();
+        }
+    }));
+    reader
+}
+
+/// The Ship scheduler (see the module docs).
+pub struct Scheduler {
+    client: Client,
+    cfg: SchedulerConfig,
+    backoff: HashMap<String, Backoff>,
+    /// Ships bound by us that the reflector does not show bound yet: key → (node, time).
+    assumed: HashMap<String, (String, Instant)>,
+    /// Last FailedScheduling Event per Ship: (message, time).
+    events: HashMap<String, (String, Instant)>,
+    /// Fingerprint of the nodes at the last cycle: a change retries unschedulable Ships now.
+    node_fingerprint: Vec<(String, String)>,
+}
+
+impl Scheduler {
+    /// A scheduler using `client`.
+    pub fn new(client: Client, cfg: SchedulerConfig) -> Self {
+        Scheduler {
+            client,
+            cfg,
+            backoff: HashMap::new(),
+            assumed: HashMap::new(),
+            events: HashMap::new(),
+            node_fingerprint: Vec::new(),
+        }
+    }
+
+    /// Schedules while `is_leader` is true; returns when its sender is dropped.
+    pub async fn run(mut self, mut is_leader: watch::Receiver<bool>) {
+        loop {
+            // Wait for leadership (or the end).
+            while !*is_leader.borrow_and_update() {
+                if is_leader.changed().await.is_err() {
+                    return;
+                }
+            }
+            tracing::info!("scheduler active");
+            let notify = Arc::new(Notify::new());
+            let mut tasks = Vec::new();
+            let c = &self.client;
+            let stores = Stores {
+                nodes: spawn_reflector(Api::all(c.clone()), notify.clone(), &mut tasks),
+                ships: spawn_reflector(Api::all(c.clone()), notify.clone(), &mut tasks),
+                ship_classes: spawn_reflector(Api::all(c.clone()), notify.clone(), &mut tasks),
+                runtime_classes: spawn_reflector(Api::all(c.clone()), notify.clone(), &mut tasks),
+                network_classes: spawn_reflector(Api::all(c.clone()), notify.clone(), &mut tasks),
+                cluster_network_classes: spawn_reflector(
+                    Api::all(c.clone()),
+                    notify.clone(),
+                    &mut tasks,
+                ),
+            };
+            let tasks = Tasks(tasks);
+            let ready = async {
+                let _ = stores.nodes.wait_until_ready().await;
+                let _ = stores.ships.wait_until_ready().await;
+                let _ = stores.ship_classes.wait_until_ready().await;
+                let _ = stores.runtime_classes.wait_until_ready().await;
+                let _ = stores.network_classes.wait_until_ready().await;
+                let _ = stores.cluster_network_classes.wait_until_ready().await;
+            };
+            let still_leader = tokio::select! {
+                _ = ready => true,
+                _ = wait_not_leader(&mut is_leader) => false,
+            };
+            if still_leader {
+                loop {
+                    self.cycle(&stores, &is_leader).await;
+                    tokio::select! {
+                        _ = notify.notified() => {}
+                        _ = tokio::time::sleep(self.cfg.resync) => {}
+                        _ = wait_not_leader(&mut is_leader) => break,
+                    }
+                }
+            }
+            drop(tasks);
+            self.assumed.clear();
+            self.backoff.clear();
+            if is_leader.has_changed().is_err() {
+                return;
+            }
+            tracing::info!("scheduler standing by");
+        }
+    }
+
+    /// One pass over the unscheduled Ships.
+    async fn cycle(&mut self, stores: &Stores, is_leader: &watch::Receiver<bool>) {
+        let ships = stores.ships.state();
+        let mut state = ClusterState::new(
+            stores.nodes.state(),
+            stores.ship_classes.state(),
+            stores.runtime_classes.state(),
+            stores.network_classes.state(),
+            stores.cluster_network_classes.state(),
+        );
+        let mut fingerprint: Vec<(String, String)> = state
+            .nodes
+            .values()
+            .map(|i| {
+                (
+                    i.name().to_string(),
+                    i.node.metadata.resource_version.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        fingerprint.sort();
+        if fingerprint != self.node_fingerprint {
+            // Nodes changed: Ships that did not fit may fit now.
+            self.backoff.clear();
+            self.node_fingerprint = fingerprint;
+        }
+
+        let now = Instant::now();
+        let mut pending = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for ship in &ships {
+            let k = key(ship);
+            seen.insert(k.clone());
+            let bound = ship.spec.node_name.as_deref().filter(|n| !n.is_empty());
+            match bound {
+                Some(node) => {
+                    self.assumed.remove(&k);
+                    if !matches!(
+                        ship.status.as_ref().and_then(|s| s.phase.as_deref()),
+                        Some("Failed")
+                    ) {
+                        state.place(ship, node);
+                    }
+                }
+                None => {
+                    if let Some((node, _)) = self.assumed.get(&k) {
+                        state.place(ship, node);
+                    } else if ship.metadata.deletion_timestamp.is_none() {
+                        pending.push(ship.clone());
+                    }
+                }
+            }
+        }
+        // Forget Ships that are gone, and assumptions the watch never confirmed.
+        self.assumed
+            .retain(|k, (_, t)| seen.contains(k) && t.elapsed() < Duration::from_secs(30));
+        self.backoff.retain(|k, _| seen.contains(k));
+        self.events.retain(|k, _| seen.contains(k));
+
+        pending.sort_by(|a, b| {
+            a.metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0)
+                .cmp(&b.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        });
+        for ship in pending {
+            if !*is_leader.borrow() {
+                return;
+            }
+            let k = key(&ship);
+            if self.backoff.get(&k).is_some_and(|b| b.next > now) {
+                continue;
+            }
+            match schedule(&ship, &state) {
+                Ok(decision) => match self.bind(&ship, &decision.node).await {
+                    Ok(()) => {
+                        tracing::debug!(ship = %k, node = %decision.node, "bound");
+                        state.place(&ship, &decision.node);
+                        self.assumed
+                            .insert(k.clone(), (decision.node, Instant::now()));
+                        self.backoff.remove(&k);
+                        self.events.remove(&k);
+                    }
+                    Err(BindError::Conflict(_)) => {
+                        // Someone else changed it: wait for the watch to catch up.
+                        self.fail(&k);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "bind failed");
+                        self.fail(&k);
+                    }
+                },
+                Err(e) => {
+                    self.fail(&k);
+                    self.record_failure(&ship, &e).await;
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, k: &str) {
+        let b = self.backoff.entry(k.to_string()).or_insert(Backoff {
+            failures: 0,
+            next: Instant::now(),
+        });
+        b.failures = b.failures.saturating_add(1);
+        let factor = 1u32 << b.failures.saturating_sub(1).min(16);
+        let delay = self
+            .cfg
+            .initial_backoff
+            .saturating_mul(factor)
+            .min(self.cfg.max_backoff);
+        b.next = Instant::now() + delay;
+    }
+
+    /// Binds `ship` to `node`: `spec.nodeName` conditional on the Ship's resourceVersion, then
+    /// `status.phase: Scheduled`.
+    pub async fn bind(&self, ship: &Ship, node: &str) -> Result<(), BindError> {
+        let k = key(ship);
+        let ns = ship.metadata.namespace.as_deref().unwrap_or("default");
+        let name = ship.metadata.name.as_deref().unwrap_or("");
+        let api: Api<Ship> = Api::namespaced(self.client.clone(), ns);
+        let patch = json!({
+            "metadata": {"resourceVersion": ship.metadata.resource_version},
+            "spec": {"nodeName": node},
+        });
+        match api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => return Err(BindError::Conflict(k)),
+            Err(source) => return Err(BindError::Api { ship: k, source }),
+        }
+        let status = json!({"status": {"phase": "Scheduled"}});
+        if let Err(source) = api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+        {
+            // The binding stands; the phase is cosmetic and the agent sets it next.
+            tracing::warn!(ship = %k, error = %source, "setting phase Scheduled failed");
+        }
+        Ok(())
+    }
+
+    /// Records a `FailedScheduling` Warning Event (throttled per Ship).
+    async fn record_failure(&mut self, ship: &Ship, err: &ScheduleError) {
+        let k = key(ship);
+        let message = err.to_string();
+        if let Some((last, at)) = self.events.get(&k) {
+            if *last == message && at.elapsed() < self.cfg.event_interval {
+                return;
+            }
+        }
+        self.events
+            .insert(k.clone(), (message.clone(), Instant::now()));
+        let ns = ship
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let ship_name = ship.metadata.name.clone().unwrap_or_default();
+        let now = jiff::Timestamp::now();
+        let event = Event {
+            metadata: ObjectMeta {
+                name: Some(format!("{ship_name}.{:016x}", rand::random::<u64>())),
+                namespace: Some(ns.clone()),
+                ..ObjectMeta::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Ship".into()),
+                name: Some(ship_name),
+                namespace: Some(ns.clone()),
+                uid: ship.metadata.uid.clone(),
+                resource_version: ship.metadata.resource_version.clone(),
+                ..ObjectReference::default()
+            },
+            reason: Some("FailedScheduling".into()),
+            message: Some(message),
+            source: Some(EventSource {
+                component: Some(self.cfg.component.clone()),
+                host: None,
+            }),
+            first_timestamp: Some(Time(now)),
+            last_timestamp: Some(Time(now)),
+            count: Some(1),
+            type_: Some("Warning".into()),
+            event_time: Some(MicroTime(now)),
+            action: Some("Scheduling".into()),
+            reporting_component: Some(self.cfg.component.clone()),
+            reporting_instance: Some(self.cfg.instance.clone()),
+            ..Event::default()
+        };
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
+        if let Err(e) = api.create(&PostParams::default(), &event).await {
+            tracing::warn!(ship = %k, error = %e, "recording FailedScheduling event failed");
+        }
+    }
+}
+
+/// Resolves when leadership is lost (or the channel closes).
+async fn wait_not_leader(is_leader: &mut watch::Receiver<bool>) {
+    loop {
+        if !*is_leader.borrow_and_update() {
+            return;
+        }
+        if is_leader.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,21 @@
+#![deny(missing_docs)]
+//! The Tugboat node agent.
+//!
+//! A [`NodeAgent`] registers its Node with the apiserver, heartbeats through a
+//! `coordination.k8s.io/v1` Lease, watches only the Ships bound to it
+//! (`fieldSelector=spec.nodeName=<node>`) and drives them through a [`Runtime`]:
+//! image preparation, start, stop, delete and status reporting, with the
+//! `tugboat.io/agent` finalizer so a Ship's object disappears only after its VM is gone.
+//!
+//! [`FakeRuntime`] is an in-memory runtime with knobs (boot delay, failure rate, crash-after),
+//! deterministic under a seed, for tests and scale simulations.
+
+pub mod agent;
+pub mod fake;
+pub mod runtime;
+
+pub use agent::{
+    AgentError, NodeAgent, NodeAgentConfig, NodeResources, FINALIZER, FORCE_DELETE_ANNOTATION,
+};
+pub use fake::{FakeConfig, FakeRuntime};
+pub use runtime::{Runtime, RuntimeError, RuntimeEvent, VmSpec, VmState, VmStatus};
