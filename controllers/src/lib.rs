@@ -4,9 +4,12 @@
 //! - [`leader`]: `coordination.k8s.io/v1` Lease leader election, so exactly one instance of a
 //!   component is active per cluster;
 //! - [`scheduler`]: binds unscheduled Ships to Nodes (filters, scores, binding with a
-//!   resourceVersion precondition, `FailedScheduling` Events).
+//!   resourceVersion precondition, `FailedScheduling` Events);
+//! - [`replicaset`]: keeps each ReplicaSet's number of Ships (creates, deletes the surplus,
+//!   adopts and releases by selector, reports status).
 
 #![warn(missing_docs)]
 
 pub mod leader;
+pub mod replicaset;
 pub mod scheduler;
