@@ -783,6 +783,67 @@ pub fn split_args(cmd: &str) -> Vec<String> {
     out
 }
 
+// ---------------------------------------------------------------------------------------------
+// kube-rs clients of a node's API.
+
+/// Installs ring as rustls' process-wide provider (this project's choice); repeated calls are
+/// fine.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Starts a single `tugboatd` serving the API and waits until the API is ready.
+pub fn start_with_api() -> TugboatNode {
+    let node = TugboatNode::start(crate::harness::TugboatOptions {
+        api: true,
+        ..crate::harness::TugboatOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    wait_api_ready(&node).unwrap_or_else(|e| panic!("{e}"));
+    node
+}
+
+/// A kube-rs client with the node's cluster-admin kubeconfig.
+pub async fn admin_client(node: &TugboatNode) -> kube::Client {
+    let path = node.kubeconfig_path();
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("kube config from {}: {e}", path.display()));
+    kube::Client::try_from(config).unwrap_or_else(|e| panic!("kube client: {e}"))
+}
+
+/// The value of a call that must succeed.
+#[track_caller]
+pub fn must<T>(what: &str, r: kube::Result<T>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("{what}: {e:?}"),
+    }
+}
+
+/// Polls `f` every 200 ms until it yields Ok, panicking after `deadline` with the last state.
+pub async fn eventually<T, Fut>(what: &str, deadline: Duration, mut f: impl FnMut() -> Fut) -> T
+where
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    loop {
+        let last = match f().await {
+            Ok(v) => return v,
+            Err(last) => last,
+        };
+        if start.elapsed() >= deadline {
+            panic!("{what}: not reached within {deadline:?}; last state: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::split_args;

@@ -13,7 +13,6 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -31,7 +30,9 @@ use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tugboat_testsuite::kube::wait_api_ready;
+use tugboat_testsuite::kube::{
+    admin_client, eventually, install_crypto, must, start_with_api, wait_api_ready,
+};
 use tugboat_testsuite::{test_runtime, EtcdNode, EtcdOptions, TugboatNode, TugboatOptions};
 
 const IMAGE: &str = "ghcr.io/sileader/tugboat-vm-images/ubuntu:24.04";
@@ -132,56 +133,12 @@ fn ship(name: &str, labels: &[(&str, &str)]) -> Ship {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-fn install_crypto() {
-    // ring is this project's rustls provider; a second install (another test) is fine.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-async fn admin_client(node: &TugboatNode) -> Client {
-    let path = node.kubeconfig_path();
-    let kubeconfig = kube::config::Kubeconfig::read_from(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let config = kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("kube config from {}: {e}", path.display()));
-    Client::try_from(config).unwrap_or_else(|e| panic!("kube client: {e}"))
-}
-
 /// The Status of a failed call (panics on success or a non-API error).
 fn api_error<T: std::fmt::Debug>(what: &str, r: kube::Result<T>) -> kube::core::Status {
     match r {
         Err(kube::Error::Api(status)) => *status,
         Err(e) => panic!("{what}: expected a Status error from the server, got {e:?}"),
         Ok(v) => panic!("{what}: expected a Status error from the server, got success {v:?}"),
-    }
-}
-
-#[track_caller]
-fn must<T>(what: &str, r: kube::Result<T>) -> T {
-    match r {
-        Ok(v) => v,
-        Err(e) => panic!("{what}: {e:?}"),
-    }
-}
-
-/// Polls `f` every 200 ms until it yields Some, panicking after `deadline` with the last state.
-async fn eventually<T, Fut>(what: &str, deadline: Duration, mut f: impl FnMut() -> Fut) -> T
-where
-    Fut: Future<Output = Result<T, String>>,
-{
-    let start = Instant::now();
-    loop {
-        let last = match f().await {
-            Ok(v) => return v,
-            Err(last) => last,
-        };
-        if start.elapsed() >= deadline {
-            panic!("{what}: not reached within {deadline:?}; last state: {last}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -206,16 +163,6 @@ async fn create_namespace(client: &Client, name: &str) {
         Some("Active"),
         "a new namespace is Active"
     );
-}
-
-fn start_own() -> TugboatNode {
-    let node = TugboatNode::start(TugboatOptions {
-        api: true,
-        ..TugboatOptions::default()
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
-    wait_api_ready(&node).unwrap_or_else(|e| panic!("{e}"));
-    node
 }
 
 fn start_on_etcd() -> (EtcdNode, TugboatNode) {
@@ -1102,7 +1049,7 @@ fn informer_across_restart(node: &mut TugboatNode) {
 #[test]
 fn typed_dynamic_and_paging_on_tugboat_store() {
     install_crypto();
-    let node = start_own();
+    let node = start_with_api();
     let rt = test_runtime();
     rt.block_on(async {
         let client = admin_client(&node).await;
@@ -1128,7 +1075,7 @@ fn typed_dynamic_and_paging_on_debian_etcd() {
 #[test]
 fn informer_survives_restart_on_tugboat_store() {
     install_crypto();
-    let mut node = start_own();
+    let mut node = start_with_api();
     informer_across_restart(&mut node);
 }
 
@@ -1145,7 +1092,7 @@ fn informer_survives_restart_on_debian_etcd() {
 #[test]
 fn acknowledged_api_writes_survive_kill_9() {
     install_crypto();
-    let mut node = start_own();
+    let mut node = start_with_api();
     let rt = test_runtime();
     let acked: Vec<(String, String)> = rt.block_on(async {
         let client = admin_client(&node).await;

@@ -7,55 +7,23 @@
 //! - a restarted agent leaves a running VM untouched (same start time) and deletes VMs
 //!   without a Ship.
 
-use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
 use serde_json::{json, Value};
 use tugboat_nodeagent::agent::{node_resource, ship_resource, LEASE_NAMESPACE};
 use tugboat_nodeagent::{
     FakeConfig, FakeRuntime, NodeAgent, NodeAgentConfig, NodeResources, Runtime, VmSpec, VmState,
     FINALIZER,
 };
-use tugboat_testsuite::kube::wait_api_ready;
+use tugboat_testsuite::kube::{admin_client, eventually, wait_api_ready};
 use tugboat_testsuite::{test_runtime, TugboatNode, TugboatOptions};
 
 const IMAGE: &str = "ghcr.io/sileader/tugboat-vm-images/ubuntu:24.04";
 const DEADLINE: Duration = Duration::from_secs(60);
-
-async fn admin_client(node: &TugboatNode) -> Client {
-    let path = node.kubeconfig_path();
-    let kubeconfig = kube::config::Kubeconfig::read_from(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let config = kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("kube config from {}: {e}", path.display()));
-    Client::try_from(config).unwrap_or_else(|e| panic!("kube client: {e}"))
-}
-
-/// Polls `f` every 200 ms until it yields Ok, panicking after `deadline` with the last state.
-async fn eventually<T, Fut>(what: &str, deadline: Duration, mut f: impl FnMut() -> Fut) -> T
-where
-    Fut: Future<Output = Result<T, String>>,
-{
-    let start = Instant::now();
-    loop {
-        let last = match f().await {
-            Ok(v) => return v,
-            Err(last) => last,
-        };
-        if start.elapsed() >= deadline {
-            panic!("{what}: not reached within {deadline:?}; last state: {last}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 fn agent_config(node: &str) -> NodeAgentConfig {
     let mut c = NodeAgentConfig::new(node);

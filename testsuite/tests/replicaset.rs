@@ -9,80 +9,25 @@
 //! - deleting the ReplicaSet (background propagation) removes its Ships.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
-use kube::Client;
 use serde_json::json;
 use tugboat_api::kinds::apps::ReplicaSet;
 use tugboat_api::kinds::core::Ship;
 use tugboat_api::kinds::Selector;
 use tugboat_controllers::leader::{LeaderElectionConfig, LeaderElector};
 use tugboat_controllers::replicaset::{ReplicaSetConfig, ReplicaSetController};
-use tugboat_testsuite::kube::wait_api_ready;
-use tugboat_testsuite::{test_runtime, TugboatNode, TugboatOptions};
+use tugboat_testsuite::kube::{admin_client, eventually, install_crypto, must, start_with_api};
+use tugboat_testsuite::test_runtime;
 
 const IMAGE: &str = "ghcr.io/sileader/tugboat-vm-images/ubuntu:24.04";
 const DEADLINE: Duration = Duration::from_secs(60);
 const NS: &str = "default";
 const RS: &str = "web";
-
-fn install_crypto() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-async fn admin_client(node: &TugboatNode) -> Client {
-    let path = node.kubeconfig_path();
-    let kubeconfig = kube::config::Kubeconfig::read_from(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let config = kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("kube config from {}: {e}", path.display()));
-    Client::try_from(config).unwrap_or_else(|e| panic!("kube client: {e}"))
-}
-
-#[track_caller]
-fn must<T>(what: &str, r: kube::Result<T>) -> T {
-    match r {
-        Ok(v) => v,
-        Err(e) => panic!("{what}: {e:?}"),
-    }
-}
-
-/// Polls `f` every 200 ms until it yields Ok, panicking after `deadline` with the last state.
-async fn eventually<T, Fut>(what: &str, deadline: Duration, mut f: impl FnMut() -> Fut) -> T
-where
-    Fut: Future<Output = Result<T, String>>,
-{
-    let start = Instant::now();
-    loop {
-        let last = match f().await {
-            Ok(v) => return v,
-            Err(last) => last,
-        };
-        if start.elapsed() >= deadline {
-            panic!("{what}: not reached within {deadline:?}; last state: {last}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn start_own() -> TugboatNode {
-    let node = TugboatNode::start(TugboatOptions {
-        api: true,
-        ..TugboatOptions::default()
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
-    wait_api_ready(&node).unwrap_or_else(|e| panic!("{e}"));
-    node
-}
 
 fn labels() -> BTreeMap<String, String> {
     [("app".to_string(), "web".to_string())].into()
@@ -211,7 +156,7 @@ async fn scale(sets: &Api<ReplicaSet>, replicas: i32) {
 #[test]
 fn replicaset_keeps_exactly_its_replicas() {
     install_crypto();
-    let node = start_own();
+    let node = start_with_api();
     let rt = test_runtime();
     rt.block_on(async {
         let client = admin_client(&node).await;

@@ -8,8 +8,7 @@
 //!   is bound exactly once.
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{NodeCondition, NodeSpec, Taint};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -20,64 +19,11 @@ use serde_json::json;
 use tugboat_api::kinds::core::{Event, Node, Ship, ShipClass};
 use tugboat_controllers::leader::{LeaderElectionConfig, LeaderElector};
 use tugboat_controllers::scheduler::{Scheduler, SchedulerConfig};
-use tugboat_testsuite::kube::wait_api_ready;
-use tugboat_testsuite::{test_runtime, TugboatNode, TugboatOptions};
+use tugboat_testsuite::kube::{admin_client, eventually, install_crypto, must, start_with_api};
+use tugboat_testsuite::test_runtime;
 
 const IMAGE: &str = "ghcr.io/sileader/tugboat-vm-images/ubuntu:24.04";
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn install_crypto() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-async fn admin_client(node: &TugboatNode) -> Client {
-    let path = node.kubeconfig_path();
-    let kubeconfig = kube::config::Kubeconfig::read_from(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let config = kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("kube config from {}: {e}", path.display()));
-    Client::try_from(config).unwrap_or_else(|e| panic!("kube client: {e}"))
-}
-
-#[track_caller]
-fn must<T>(what: &str, r: kube::Result<T>) -> T {
-    match r {
-        Ok(v) => v,
-        Err(e) => panic!("{what}: {e:?}"),
-    }
-}
-
-/// Polls `f` every 200 ms until it yields Ok, panicking after `deadline` with the last state.
-async fn eventually<T, Fut>(what: &str, deadline: Duration, mut f: impl FnMut() -> Fut) -> T
-where
-    Fut: Future<Output = Result<T, String>>,
-{
-    let start = Instant::now();
-    loop {
-        let last = match f().await {
-            Ok(v) => return v,
-            Err(last) => last,
-        };
-        if start.elapsed() >= deadline {
-            panic!("{what}: not reached within {deadline:?}; last state: {last}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn start_own() -> TugboatNode {
-    let node = TugboatNode::start(TugboatOptions {
-        api: true,
-        ..TugboatOptions::default()
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
-    wait_api_ready(&node).unwrap_or_else(|e| panic!("{e}"));
-    node
-}
 
 /// Creates a Node and sets its status (allocatable, Ready) through `/status`.
 async fn create_node(client: &Client, name: &str, cpu: &str, memory: &str, taint: Option<&str>) {
@@ -171,7 +117,7 @@ fn start_scheduler(client: &Client, identity: &str) -> tugboat_controllers::lead
 #[test]
 fn ships_bind_to_fitting_nodes_and_unschedulable_ones_get_an_event() {
     install_crypto();
-    let node = start_own();
+    let node = start_with_api();
     let rt = test_runtime();
     rt.block_on(async {
         let client = admin_client(&node).await;
@@ -258,7 +204,7 @@ fn ships_bind_to_fitting_nodes_and_unschedulable_ones_get_an_event() {
 #[test]
 fn two_schedulers_never_double_bind() {
     install_crypto();
-    let node = start_own();
+    let node = start_with_api();
     let rt = test_runtime();
     rt.block_on(async {
         let client = admin_client(&node).await;
