@@ -160,6 +160,7 @@ async fn get(
             rv,
             None,
             IncludeObject::parse(q.get("includeObject")),
+            true,
         );
         return Ok(bytes_response(t));
     }
@@ -255,6 +256,7 @@ async fn list(
             page.revision,
             page.continue_token.as_deref(),
             IncludeObject::parse(q.get("includeObject")),
+            true,
         );
         return Ok(bytes_response(t));
     }
@@ -337,6 +339,23 @@ async fn watch(
         http::HeaderValue::from_static("no-cache, private"),
     );
     Ok(resp)
+}
+
+/// The stored object and its resourceVersion, read linearizably; 404 when missing. Every
+/// read-modify-write starts here.
+async fn current(
+    api: &ApiServer,
+    def: &ResourceDef,
+    namespace: Option<&str>,
+    name: &str,
+) -> Result<(Value, i64), ApiError> {
+    let cur = api
+        .storage
+        .get(def, namespace, name)
+        .await?
+        .ok_or_else(|| storage::not_found(def, name))?;
+    let rv = meta::resource_version(&cur)?.unwrap_or(0);
+    Ok((cur, rv))
 }
 
 /// Decodes, defaults, validates and stamps metadata on an object about to be written.
@@ -640,12 +659,7 @@ async fn update(
         WriteTarget::Main
     };
     for _ in 0..WRITE_ATTEMPTS {
-        let cur = api
-            .storage
-            .get(&r.def, ns(r), &name)
-            .await?
-            .ok_or_else(|| storage::not_found(&r.def, &name))?;
-        let cur_rv = meta::resource_version(&cur)?.unwrap_or(0);
+        let (cur, cur_rv) = current(api, &r.def, ns(r), &name).await?;
         if let Some(w) = wanted_rv {
             if w != cur_rv {
                 return Err(storage::conflict(&r.def, &name));
@@ -672,22 +686,47 @@ async fn update(
 }
 
 /// Whether an update changes nothing but bookkeeping (resourceVersion, managedFields times).
+/// Compared in place, without copies: this runs on every write.
 fn unchanged(cur: &Value, new: &Value) -> bool {
-    let strip = |v: &Value| {
-        let mut v = v.clone();
-        if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-            m.remove("resourceVersion");
-            if let Some(Value::Array(fields)) = m.get_mut("managedFields") {
-                for f in fields.iter_mut() {
-                    if let Some(o) = f.as_object_mut() {
-                        o.remove("time");
-                    }
-                }
-            }
-        }
-        v
+    /// Equal objects apart from the keys `skip` accepts (checked on both sides).
+    fn same_except(
+        a: &serde_json::Map<String, Value>,
+        b: &serde_json::Map<String, Value>,
+        skip: impl Fn(&str) -> bool,
+    ) -> bool {
+        a.keys().filter(|k| !skip(k)).count() == b.keys().filter(|k| !skip(k)).count()
+            && a.iter()
+                .filter(|(k, _)| !skip(k))
+                .all(|(k, v)| b.get(k) == Some(v))
+    }
+    let (Some(c), Some(n)) = (cur.as_object(), new.as_object()) else {
+        return cur == new;
     };
-    strip(cur) == strip(new)
+    let empty = serde_json::Map::new();
+    let cm = c
+        .get("metadata")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    let nm = n
+        .get("metadata")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    fn entries<'a>(m: &'a serde_json::Map<String, Value>, none: &'a [Value]) -> &'a [Value] {
+        m.get("managedFields")
+            .and_then(Value::as_array)
+            .map_or(none, Vec::as_slice)
+    }
+    let (ce, ne) = (entries(cm, &[]), entries(nm, &[]));
+    same_except(c, n, |k| k == "metadata")
+        && same_except(cm, nm, |k| k == "resourceVersion" || k == "managedFields")
+        && ce.len() == ne.len()
+        && ce
+            .iter()
+            .zip(ne)
+            .all(|(a, b)| match (a.as_object(), b.as_object()) {
+                (Some(a), Some(b)) => same_except(a, b, |k| k == "time"),
+                _ => a == b,
+            })
 }
 
 /// Writes an updated object; an object being deleted whose last finalizer went away is
@@ -884,12 +923,7 @@ async fn write_scale(
     let bytes = read_body(body).await?;
     let spec = r.def.scale.clone().ok_or(ApiError::NoRoute)?;
     for _ in 0..WRITE_ATTEMPTS {
-        let cur = api
-            .storage
-            .get(&r.def, ns(r), &name)
-            .await?
-            .ok_or_else(|| storage::not_found(&r.def, &name))?;
-        let cur_rv = meta::resource_version(&cur)?.unwrap_or(0);
+        let (cur, cur_rv) = current(api, &r.def, ns(r), &name).await?;
         let scale = scale_of(&r.def, &cur)?;
         let new_scale = if r.verb == "update" {
             decode_object(headers, &bytes)?
@@ -1068,12 +1102,7 @@ async fn delete_one(
     opts: &DeleteOptions,
 ) -> Result<(StatusCode, Value), ApiError> {
     for _ in 0..WRITE_ATTEMPTS {
-        let cur = api
-            .storage
-            .get(def, namespace, name)
-            .await?
-            .ok_or_else(|| storage::not_found(def, name))?;
-        let cur_rv = meta::resource_version(&cur)?.unwrap_or(0);
+        let (cur, cur_rv) = current(api, def, namespace, name).await?;
         if let Some(uid) = &opts.uid {
             let actual = meta::meta_str(&cur, "uid").unwrap_or("");
             if actual != uid {
@@ -1440,5 +1469,46 @@ pub async fn resume_terminations(api: &Arc<ApiServer>) {
                 spawn_finalizers(api.clone(), def.clone(), o.as_ref().clone());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unchanged;
+    use serde_json::json;
+
+    fn obj(rv: &str, time: &str, label: &str, manager: &str) -> serde_json::Value {
+        json!({
+            "apiVersion": "v1", "kind": "Ship",
+            "metadata": {"name": "s", "resourceVersion": rv, "labels": {"a": label},
+                "managedFields": [{"manager": manager, "operation": "Update", "time": time}]},
+            "spec": {"image": "i"}, "status": {"phase": "Pending"},
+        })
+    }
+
+    #[test]
+    fn only_bookkeeping_differs() {
+        let cur = obj("5", "2026-01-01T00:00:00Z", "x", "kubectl");
+        assert!(unchanged(
+            &cur,
+            &obj("", "2026-01-02T00:00:00Z", "x", "kubectl")
+        ));
+        assert!(!unchanged(
+            &cur,
+            &obj("5", "2026-01-01T00:00:00Z", "y", "kubectl")
+        ));
+        assert!(!unchanged(
+            &cur,
+            &obj("5", "2026-01-01T00:00:00Z", "x", "other")
+        ));
+        let mut status = cur.clone();
+        status["status"]["phase"] = json!("Running");
+        assert!(!unchanged(&cur, &status));
+        let mut extra = cur.clone();
+        extra["spec"]["nodeName"] = json!("n1");
+        assert!(!unchanged(&cur, &extra));
+        let mut no_meta = cur.clone();
+        no_meta["metadata"]["finalizers"] = json!(["f"]);
+        assert!(!unchanged(&cur, &no_meta));
     }
 }

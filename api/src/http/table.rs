@@ -54,13 +54,6 @@ pub fn column_definitions(def: &ResourceDef) -> Vec<Value> {
         .collect()
 }
 
-/// One row.
-pub fn row(def: &ResourceDef, obj: &Value, include: IncludeObject) -> Value {
-    let mut out = Vec::new();
-    write_row(&mut out, def, obj, include);
-    serde_json::from_slice(&out).unwrap_or(Value::Null)
-}
-
 /// Writes one row as JSON. The row's object carries the metadata without managedFields, which
 /// no table printer reads and which would double the size of a large list.
 fn write_row(out: &mut Vec<u8>, def: &ResourceDef, obj: &Value, include: IncludeObject) {
@@ -95,12 +88,14 @@ fn write_row(out: &mut Vec<u8>, def: &ResourceDef, obj: &Value, include: Include
 }
 
 /// A Table of objects, serialized row by row (a 10,000-row table never exists as a tree).
+/// Watch events after the first leave out the column definitions, as Kubernetes does.
 pub fn table<'a>(
     def: &ResourceDef,
     objs: impl Iterator<Item = &'a Value>,
     resource_version: i64,
     continue_token: Option<&str>,
     include: IncludeObject,
+    with_columns: bool,
 ) -> Vec<u8> {
     let mut meta = json!({ "resourceVersion": resource_version.to_string() });
     if let Some(c) = continue_token {
@@ -110,7 +105,12 @@ pub fn table<'a>(
     out.extend_from_slice(b"{\"kind\":\"Table\",\"apiVersion\":\"meta.k8s.io/v1\",\"metadata\":");
     let _ = serde_json::to_writer(&mut out, &meta);
     out.extend_from_slice(b",\"columnDefinitions\":");
-    let _ = serde_json::to_writer(&mut out, &column_definitions(def));
+    let columns = if with_columns {
+        column_definitions(def)
+    } else {
+        Vec::new()
+    };
+    let _ = serde_json::to_writer(&mut out, &columns);
     out.extend_from_slice(b",\"rows\":[");
     for (i, o) in objs.enumerate() {
         if i > 0 {

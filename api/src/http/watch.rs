@@ -1,6 +1,6 @@
 //! Watches as newline-delimited JSON, served from the watch cache.
 
-use super::table::{column_definitions, row, IncludeObject};
+use super::table::{table, IncludeObject};
 use crate::error::ApiError;
 use crate::registry::ResourceDef;
 use crate::storage::cache::{CacheEvent, EventType, Subscription, WatchCache};
@@ -34,10 +34,8 @@ pub struct WatchParams {
 
 /// A watch body holding just one ERROR event.
 fn error_body(e: &ApiError) -> Body {
-    let line = serde_json::json!({"type": "ERROR", "object": e.status()});
-    let mut out = serde_json::to_vec(&line).unwrap_or_default();
-    out.push(b'\n');
-    Body::from(out)
+    let status = serde_json::to_vec(&e.status()).unwrap_or_default();
+    Body::from(crate::storage::cache::event_line("ERROR", &status))
 }
 
 /// How often a bookmark goes out when the revision moved.
@@ -88,43 +86,39 @@ impl Sender {
     }
 
     async fn send_object(&mut self, kind: &str, obj: &Value) -> bool {
-        let object = match self.table {
-            Some(include) => {
-                let cols = if self.sent_columns {
-                    Vec::new()
-                } else {
-                    self.sent_columns = true;
-                    column_definitions(&self.def)
-                };
-                json!({
-                    "kind": "Table",
-                    "apiVersion": "meta.k8s.io/v1",
-                    "metadata": {"resourceVersion": obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(json!(""))},
-                    "columnDefinitions": cols,
-                    "rows": [row(&self.def, obj, include)],
-                })
-            }
-            None => {
-                if obj.get("apiVersion").and_then(Value::as_str) == Some(self.api_version.as_str())
-                {
-                    return self.send_raw(kind, obj).await;
-                }
-                let mut o = obj.clone();
-                crate::storage::set_api_version(&mut o, &self.def);
-                o
-            }
-        };
-        self.send_raw(kind, &object).await
+        if let Some(include) = self.table {
+            let rv = crate::meta::resource_version(obj)
+                .ok()
+                .flatten()
+                .unwrap_or(0);
+            let with_columns = !self.sent_columns;
+            self.sent_columns = true;
+            let t = table(
+                &self.def,
+                std::iter::once(obj),
+                rv,
+                None,
+                include,
+                with_columns,
+            );
+            return self.send_bytes(kind, &t).await;
+        }
+        if obj.get("apiVersion").and_then(Value::as_str) == Some(self.api_version.as_str()) {
+            return self.send_raw(kind, obj).await;
+        }
+        let mut o = obj.clone();
+        crate::storage::set_api_version(&mut o, &self.def);
+        self.send_raw(kind, &o).await
+    }
+
+    async fn send_bytes(&mut self, kind: &str, object: &[u8]) -> bool {
+        self.send_line(crate::storage::cache::event_line(kind, object))
+            .await
     }
 
     async fn send_raw(&mut self, kind: &str, obj: &Value) -> bool {
-        let mut out = Vec::with_capacity(256);
-        out.extend_from_slice(b"{\"type\":\"");
-        out.extend_from_slice(kind.as_bytes());
-        out.extend_from_slice(b"\",\"object\":");
-        let _ = serde_json::to_writer(&mut out, obj);
-        out.extend_from_slice(b"}\n");
-        self.send_line(Bytes::from(out)).await
+        let object = serde_json::to_vec(obj).unwrap_or_default();
+        self.send_bytes(kind, &object).await
     }
 
     async fn send_event(&mut self, ev: &CacheEvent, filter: &Filter) -> bool {

@@ -65,17 +65,23 @@ impl CacheEvent {
     pub fn json_line(&self) -> Bytes {
         self.json
             .get_or_init(|| {
-                let mut out = Vec::with_capacity(256);
-                out.extend_from_slice(b"{\"type\":\"");
-                out.extend_from_slice(self.kind.as_str().as_bytes());
-                out.extend_from_slice(b"\",\"object\":");
                 // Serializing a Value cannot fail.
-                let _ = serde_json::to_writer(&mut out, self.object.as_ref());
-                out.extend_from_slice(b"}\n");
-                Bytes::from(out)
+                let object = serde_json::to_vec(self.object.as_ref()).unwrap_or_default();
+                event_line(self.kind.as_str(), &object)
             })
             .clone()
     }
+}
+
+/// One watch event line: `{"type":<kind>,"object":<object>}` and a newline.
+pub fn event_line(kind: &str, object: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(object.len() + 32);
+    out.extend_from_slice(b"{\"type\":\"");
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(b"\",\"object\":");
+    out.extend_from_slice(object);
+    out.extend_from_slice(b"}\n");
+    Bytes::from(out)
 }
 
 /// Computes index values of an object.
