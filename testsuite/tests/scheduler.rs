@@ -187,11 +187,15 @@ fn ships_bind_to_fitting_nodes_and_unschedulable_ones_get_an_event() {
         })
         .await;
         assert_eq!(whale_node, "node-big");
-        let whale = must("get whale", ships.get("whale").await);
-        assert_eq!(
-            whale.status.and_then(|s| s.phase).as_deref(),
-            Some("Scheduled")
-        );
+        // Binding and the Scheduled phase are two writes (spec, then /status): wait for both.
+        eventually("whale Scheduled", DEADLINE, || async {
+            let s = ships.get("whale").await.map_err(|e| e.to_string())?;
+            match s.status.and_then(|st| st.phase) {
+                Some(p) if p == "Scheduled" => Ok(()),
+                other => Err(format!("phase {other:?}")),
+            }
+        })
+        .await;
 
         // Exactly one scheduler is the leader.
         let leaders = [*a.is_leader.borrow(), *b.is_leader.borrow()];
