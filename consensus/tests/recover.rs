@@ -87,7 +87,18 @@ async fn three_members_then_stop(
 
 /// Runs `force_new_cluster` on the stopped member's data directory.
 fn recover(m: &Stopped) -> RecoverReport {
-    let db = sled::open(m.dir.join("db")).unwrap();
+    // The stopped node's sled threads may still hold the file lock for a moment after shutdown.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let db = loop {
+        match sled::open(m.dir.join("db")) {
+            Ok(db) => break db,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("waiting for the db lock: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => panic!("opening the stopped member's db: {e}"),
+        }
+    };
     let report = force_new_cluster(&db, &m.dir, m.info.clone()).unwrap();
     // (Drop flushes nothing new: recovery fsynced before returning.)
     drop(db);
