@@ -45,6 +45,10 @@ echo "${etcd_version%%$'\n'*}; ${etcdctl_version%%$'\n'*}"
 kubectl version --client 2>/dev/null | head -1
 cargo --version
 
+# Incremental caches only help repeated local builds; a one-shot run would just spend disk on them.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+df -h . | tail -1
+
 stage "cargo fmt --all --check"
 cargo fmt --all --check
 
