@@ -273,6 +273,30 @@ impl ReplicaSetController {
     }
 }
 
+/// Deletes `ship` (this very object: uid precondition); gone already is fine.
+async fn delete_ship(api: &Api<Ship>, ship: &Ship) -> Result<(), ReconcileError> {
+    let ship_name = ship.name_any();
+    let dp = DeleteParams {
+        preconditions: ship
+            .metadata
+            .uid
+            .clone()
+            .map(|uid| kube::api::Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&ship_name, &dp).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+        Err(e) => Err(api_err(format!(
+            "deleting ship {}/{ship_name}",
+            ship.metadata.namespace.as_deref().unwrap_or("")
+        ))(e)),
+    }
+}
+
 /// Resolves when leadership is lost (or the channel closes).
 async fn wait_not_leader(is_leader: &mut watch::Receiver<bool>) {
     loop {
@@ -402,6 +426,25 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Rec
             exp.deleted.keys().cloned().collect::<HashSet<_>>(),
         )
     };
+    // A Failed Ship (its VM failed for good, or its node was lost) is replaced, not waited for:
+    // it is deleted, and the node's agent finalizes it when (if ever) it can. Until the cache
+    // shows the deletion it counts as pending-deleted, not live.
+    let mut pending_deleted = pending_deleted;
+    for ship in claimed.iter().filter(|s| phase(s) == Some("Failed")) {
+        let ship_name = ship.name_any();
+        if pending_deleted.contains(&ship_name) {
+            continue;
+        }
+        delete_ship(&ships_api, ship).await?;
+        tracing::info!(replicaset = %name, ship = %ship_name, "deleted failed ship");
+        if let Ok(mut all) = ctx.expectations.lock() {
+            all.entry(uid.clone())
+                .or_default()
+                .deleted
+                .insert(ship_name.clone(), Instant::now());
+        }
+        pending_deleted.insert(ship_name);
+    }
     let live: Vec<Ship> = claimed
         .iter()
         .filter(|s| !pending_deleted.contains(&s.name_any()))
@@ -428,22 +471,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Rec
         victims.sort_by(deletion_order);
         for ship in victims.iter().take(current - desired) {
             let ship_name = ship.name_any();
-            let dp = DeleteParams {
-                preconditions: ship
-                    .metadata
-                    .uid
-                    .clone()
-                    .map(|uid| kube::api::Preconditions {
-                        uid: Some(uid),
-                        resource_version: None,
-                    }),
-                ..DeleteParams::default()
-            };
-            match ships_api.delete(&ship_name, &dp).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(api_err(format!("deleting ship {ns}/{ship_name}"))(e)),
-            }
+            delete_ship(&ships_api, ship).await?;
             tracing::info!(replicaset = %name, ship = %ship_name, "deleted surplus");
             if let Ok(mut all) = ctx.expectations.lock() {
                 all.entry(uid.clone())

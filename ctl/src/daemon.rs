@@ -86,6 +86,9 @@ pub struct RunArgs {
     /// Client key for `https://` etcd endpoints.
     #[arg(long)]
     pub etcd_keyfile: Option<PathBuf>,
+    /// The scheduler, the controller-manager and the node agent.
+    #[command(flatten)]
+    pub control: crate::control::ControlArgs,
 }
 
 /// Flags of `tugboatd join`.
@@ -205,6 +208,7 @@ fn prepare(args: &RunArgs) -> anyhow::Result<Prepared> {
             args.max_voters
         );
     }
+    args.control.validate()?;
     if args.dead_voter_timeout == 0 {
         anyhow::bail!("--dead-voter-timeout must be at least 1 second");
     }
@@ -453,6 +457,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(addr) = api_listen {
         let api = start_api(&args, &pki, addr, etcd_routes_for_api, stop_rx.clone()).await?;
         tracing::info!(addr = %api.addr, "Kubernetes API ready");
+        start_control_loops(&args, &name, api.addr, etcd_adv, &mut tasks, &stop_rx).await?;
     }
 
     let signal = shutdown_signal();
@@ -544,6 +549,51 @@ async fn start_api(
         .context("writing admin.kubeconfig")?;
     tracing::info!(path = %path.display(), "admin kubeconfig written");
     Ok(api)
+}
+
+/// Starts the scheduler and controller-manager (unless `--controllers off`) and the node agent
+/// (with `--runtime`), each a client of this member's apiserver at `api_addr`.
+async fn start_control_loops(
+    args: &RunArgs,
+    name: &str,
+    api_addr: SocketAddr,
+    etcd_adv: SocketAddr,
+    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    use crate::control;
+    let server = control::local_api_url(api_addr, args.advertise_address);
+    if args.control.controllers == "on" {
+        let client = control::client_for(
+            &args.data_dir,
+            &server,
+            control::CONTROLLER_MANAGER_USER,
+            &[crate::kubeconfig::MASTERS_GROUP.to_string()],
+        )
+        .await?;
+        tasks.spawn(control::run_control_plane(
+            client,
+            name.to_string(),
+            stop.clone(),
+        ));
+    }
+    if args.control.runtime != control::RuntimeKind::None {
+        let client = control::client_for(
+            &args.data_dir,
+            &server,
+            &format!("system:node:{name}"),
+            &[control::NODES_GROUP.to_string()],
+        )
+        .await?;
+        let config = control::agent_config(&args.control, name, etcd_adv.ip().to_string());
+        tasks.spawn(control::run_agent(
+            client,
+            args.control.clone(),
+            config,
+            stop.clone(),
+        ));
+    }
+    Ok(())
 }
 
 /// Ends with an error when this member is removed from the cluster, as etcd members stop

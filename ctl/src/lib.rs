@@ -3,6 +3,7 @@
 //! this crate wires them together.
 
 pub mod authority;
+pub mod control;
 pub mod daemon;
 pub mod join;
 pub mod kubeconfig;

@@ -13,6 +13,7 @@ pub mod audit;
 mod authn;
 mod bootstrap;
 pub mod jwt;
+pub mod node;
 mod rbac;
 pub mod review;
 

@@ -110,6 +110,13 @@ pub async fn resource(
     q: &Query,
     body: Body,
 ) -> Result<Response, ApiError> {
+    if r.def.plural == "ships"
+        && matches!(r.verb, "get" | "update" | "patch")
+        && crate::auth::node::node_name(user).is_some()
+    {
+        let (cur, _) = current(api, &r.def, ns(&r), name(&r)?).await?;
+        crate::auth::node::admit_bound_ship(user, &cur)?;
+    }
     match (r.verb, r.subresource.as_str()) {
         ("get", "scale") => get_scale(api, &r).await,
         ("get", _) => get(api, &r, headers, q).await,
@@ -417,7 +424,11 @@ fn admit(
             warnings.extend(msgs);
         }
     }
-    let mut obj = def.ops.decode(obj).map_err(|e| {
+    let decoded = match old {
+        Some(old) => def.ops.decode_update(obj, old),
+        None => def.ops.decode(obj),
+    };
+    let mut obj = decoded.map_err(|e| {
         ApiError::BadRequest(format!(
             "{} in version \"{}\" cannot be handled as a {}: {e}",
             def.kind, def.version, def.kind
@@ -564,7 +575,7 @@ async fn check_namespace(api: &ApiServer, def: &ResourceDef, ns: &str) -> Result
 
 async fn create(
     api: &Arc<ApiServer>,
-    _user: &UserInfo,
+    user: &UserInfo,
     r: &ResourceRequest,
     headers: &HeaderMap,
     q: &Query,
@@ -578,6 +589,7 @@ async fn create(
     let opts = WriteOptions::parse(q, headers)?;
     let bytes = read_body(body).await?;
     let obj = decode_object(headers, &bytes)?;
+    crate::auth::node::admit_create(user, r.def.plural, &obj)?;
     let namespace = if r.def.namespaced {
         Some(r.namespace.clone().unwrap_or_else(|| {
             meta::meta_str(&obj, "namespace")

@@ -105,7 +105,14 @@ impl ApiServer {
             audit_attrs = Some(attrs.clone());
             let user = self.authn.authenticate(&parts.headers, cert.0.as_deref())?;
             audit_user = Some(user.clone());
-            let decision = self.authz.authorize(&user, &attrs);
+            let decision = match crate::auth::node::authorize(
+                &user,
+                &attrs,
+                query.get("fieldSelector").unwrap_or(""),
+            ) {
+                Some(d) => d,
+                None => self.authz.authorize(&user, &attrs),
+            };
             if !decision.allowed {
                 return Err(crate::auth::forbidden(&user, &attrs));
             }

@@ -1,0 +1,228 @@
+//! The control loops a store member runs beside its store and apiserver: the scheduler and the
+//! controller-manager, each behind its own `coordination.k8s.io/v1` Lease so exactly one of each
+//! is active per cluster, and the node agent when the host has a runtime (`--runtime`).
+//!
+//! Every loop is a kube-rs client of the apiserver over HTTPS, as an external one would be:
+//! there is no back door into the store. Their client certificates are issued at start from
+//! the cluster CA (store members hold its key), so nothing long-lived is written to disk.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+use tugboat_controllers::leader::{LeaderElectionConfig, LeaderElector};
+use tugboat_controllers::replicaset::{ReplicaSetConfig, ReplicaSetController};
+use tugboat_controllers::scheduler::{Scheduler, SchedulerConfig};
+use tugboat_nodeagent::{FakeConfig, FakeRuntime, NodeAgent, NodeAgentConfig};
+
+/// User of the scheduler's and controller-manager's client certificate.
+pub const CONTROLLER_MANAGER_USER: &str = "system:tugboat-controller-manager";
+/// Group the node agents' certificates carry (the apiserver's node authorizer keys on it).
+pub const NODES_GROUP: &str = "system:nodes";
+/// Lease of the active scheduler.
+pub const SCHEDULER_LEASE: &str = "tugboat-scheduler";
+/// Lease of the active controller-manager.
+pub const CONTROLLER_MANAGER_LEASE: &str = "tugboat-controller-manager";
+/// Lifetime of the in-process clients' certificates (re-issued at every start).
+const CLIENT_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The VM runtime the node agent drives (`--runtime`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeKind {
+    /// No agent on this host: it serves the store and the control plane only.
+    None,
+    /// The in-memory fake runtime (demos, tests, scale simulations): Ships reach Running after
+    /// `--fake-boot-delay-ms`, no VM is started.
+    Fake,
+}
+
+/// Flags of the control loops (part of `tugboatd run`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct ControlArgs {
+    /// Run the scheduler and the controller-manager (leader-elected; one active per cluster).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    pub controllers: String,
+    /// VM runtime of this host's node agent; `none` runs no agent.
+    #[arg(long, value_enum, default_value_t = RuntimeKind::None)]
+    pub runtime: RuntimeKind,
+    /// Fake runtime: milliseconds from start to Running.
+    #[arg(long, default_value_t = 500)]
+    pub fake_boot_delay_ms: u64,
+    /// Fake runtime: probability in [0, 1] that a start fails.
+    #[arg(long, default_value_t = 0.0)]
+    pub fake_failure_rate: f64,
+    /// Fake runtime: a running VM crashes this many seconds after it started.
+    #[arg(long)]
+    pub fake_crash_after_secs: Option<u64>,
+    /// Extra labels of this host's Node (`key=value,...`), e.g. topology.
+    #[arg(long, value_delimiter = ',')]
+    pub node_labels: Vec<String>,
+    /// Seconds between renewals of the node's Lease.
+    #[arg(long, default_value_t = 10)]
+    pub node_heartbeat_interval: u64,
+    /// Seconds without a node Lease renewal before the Node is marked NotReady (Unknown).
+    #[arg(long, default_value_t = 40)]
+    pub node_monitor_grace_period: u64,
+    /// Seconds a Node stays NotReady before its Ships are marked Failed and replaced.
+    #[arg(long, default_value_t = 30)]
+    pub ship_eviction_timeout: u64,
+}
+
+impl ControlArgs {
+    /// Checks the values clap cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !(0.0..=1.0).contains(&self.fake_failure_rate) {
+            anyhow::bail!(
+                "--fake-failure-rate must be between 0 and 1 (got {})",
+                self.fake_failure_rate
+            );
+        }
+        if self.node_heartbeat_interval == 0 {
+            anyhow::bail!("--node-heartbeat-interval must be at least 1 second");
+        }
+        if self.node_monitor_grace_period <= self.node_heartbeat_interval {
+            anyhow::bail!(
+                "--node-monitor-grace-period ({} s) must be longer than --node-heartbeat-interval ({} s)",
+                self.node_monitor_grace_period,
+                self.node_heartbeat_interval
+            );
+        }
+        self.labels().map(|_| ())
+    }
+
+    fn labels(&self) -> anyhow::Result<BTreeMap<String, String>> {
+        self.node_labels
+            .iter()
+            .filter(|l| !l.is_empty())
+            .map(|l| match l.split_once('=') {
+                Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+                _ => anyhow::bail!("--node-labels: {l:?} is not key=value"),
+            })
+            .collect()
+    }
+}
+
+/// A kube client of the apiserver at `server` (`https://…`) authenticated as `user` in
+/// `groups`, with a client certificate issued now from `DATA/pki/ca.key`.
+pub async fn client_for(
+    data_dir: &Path,
+    server: &str,
+    user: &str,
+    groups: &[String],
+) -> anyhow::Result<kube::Client> {
+    let yaml = crate::kubeconfig::issue(data_dir, Some(server), user, groups, CLIENT_CERT_LIFETIME)
+        .with_context(|| format!("issuing the client certificate of {user}"))?;
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&yaml).context("parsing kubeconfig")?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .context("building the client configuration")?;
+    kube::Client::try_from(config).context("building the API client")
+}
+
+/// Where this member's own loops reach its apiserver.
+pub fn local_api_url(api_addr: SocketAddr, advertise: Option<std::net::IpAddr>) -> String {
+    crate::listen::url("https", crate::listen::advertised(api_addr, advertise))
+}
+
+/// Runs the scheduler and the controller-manager until `stop` turns true. Both campaign for
+/// their Lease as `identity`; the losers stand by and take over within a lease duration of
+/// the holder's death.
+pub async fn run_control_plane(
+    client: kube::Client,
+    identity: String,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let scheduler_election = LeaderElector::new(
+        client.clone(),
+        LeaderElectionConfig::new(SCHEDULER_LEASE, identity.clone()),
+    )
+    .spawn();
+    let manager_election = LeaderElector::new(
+        client.clone(),
+        LeaderElectionConfig::new(CONTROLLER_MANAGER_LEASE, identity.clone()),
+    )
+    .spawn();
+
+    let scheduler = Scheduler::new(
+        client.clone(),
+        SchedulerConfig {
+            instance: identity.clone(),
+            ..SchedulerConfig::default()
+        },
+    );
+    let mut loops = tokio::task::JoinSet::new();
+    loops.spawn(scheduler.run(scheduler_election.is_leader.clone()));
+    let manager = manager_election.is_leader.clone();
+    loops
+        .spawn(ReplicaSetController::new(client.clone(), ReplicaSetConfig::default()).run(manager));
+    tracing::info!(%identity, "scheduler and controller-manager campaigning");
+
+    let _ = stop.wait_for(|s| *s).await;
+    // Releasing the Leases lets a standby take over at once instead of after a lease duration.
+    scheduler_election.stop().await;
+    manager_election.stop().await;
+    loops.shutdown().await;
+    Ok(())
+}
+
+/// The node agent's settings from the flags.
+pub fn agent_config(args: &ControlArgs, node_name: &str, internal_ip: String) -> NodeAgentConfig {
+    let mut cfg = NodeAgentConfig::new(node_name);
+    cfg.labels = args.labels().unwrap_or_default();
+    cfg.internal_ip = internal_ip;
+    cfg.heartbeat_interval = Duration::from_secs(args.node_heartbeat_interval);
+    cfg.lease_duration = Duration::from_secs(args.node_monitor_grace_period);
+    if args.runtime == RuntimeKind::Fake {
+        cfg.runtime_class = "fake".into();
+    }
+    cfg
+}
+
+/// Runs this host's node agent with the runtime `--runtime` names until `stop` turns true;
+/// retries registration while the apiserver is unreachable. VMs outlive the agent.
+pub async fn run_agent(
+    client: kube::Client,
+    args: ControlArgs,
+    config: NodeAgentConfig,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let runtime = match args.runtime {
+        RuntimeKind::None => return Ok(()),
+        RuntimeKind::Fake => Arc::new(FakeRuntime::new(FakeConfig {
+            boot_delay: Duration::from_millis(args.fake_boot_delay_ms),
+            failure_rate: args.fake_failure_rate,
+            crash_after: args.fake_crash_after_secs.map(Duration::from_secs),
+            crash_boots: None,
+            seed: rand::random(),
+        })),
+    };
+    let node = config.node_name.clone();
+    let mut delay = Duration::from_millis(200);
+    let agent = loop {
+        tokio::select! {
+            started = NodeAgent::start(client.clone(), runtime.clone(), config.clone()) => match started {
+                Ok(agent) => break agent,
+                Err(e) => {
+                    tracing::warn!(%node, error = %e, retry_in = ?delay, "node agent could not start");
+                }
+            },
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    };
+    tracing::info!(%node, runtime = ?args.runtime, "node agent running");
+    let _ = stop.wait_for(|s| *s).await;
+    drop(agent);
+    Ok(())
+}
