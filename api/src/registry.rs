@@ -46,6 +46,12 @@ pub trait KindOps: Send + Sync {
     /// defaults and returns it re-encoded (fields the kind does not know are dropped).
     /// `metadata` passes through unchanged apart from type checks.
     fn decode(&self, obj: Value) -> DecodeResult;
+    /// [`KindOps::decode`] for a write replacing the stored `old` (update, patch, scale), so a
+    /// kind can resolve fields derived from others against it; defaults to `decode`.
+    fn decode_update(&self, obj: Value, old: &Value) -> DecodeResult {
+        let _ = old;
+        self.decode(obj)
+    }
     /// Semantic validation of a decoded object (`old` on update); empty means valid.
     fn validate(&self, obj: &Value, old: Option<&Value>) -> Vec<FieldError>;
     /// Table columns after NAME (and NAMESPACE, which kubectl adds itself); AGE is last.

@@ -6,10 +6,26 @@
 //! - [`scheduler`]: binds unscheduled Ships to Nodes (filters, scores, binding with a
 //!   resourceVersion precondition, `FailedScheduling` Events);
 //! - [`replicaset`]: keeps each ReplicaSet's number of Ships (creates, deletes the surplus,
-//!   adopts and releases by selector, reports status).
+//!   adopts and releases by selector, reports status);
+//! - [`namespace`]: a `default` ServiceAccount and token Secret in every namespace, and the
+//!   backstop that finishes Terminating namespaces left unfinished;
+//! - [`networkclass`]: `status.readyNodes` of NetworkClasses and ClusterNetworkClasses from the
+//!   Nodes' CNI plugin readiness;
+//! - [`nodelifecycle`]: Nodes whose Lease stops being renewed turn `Ready=Unknown` and tainted,
+//!   their Ships Failed after an eviction timeout;
+//! - [`gc`]: deletes dependents whose owner is gone and finishes stuck foreground deletions;
+//! - [`deployment`]: rolls Deployments through ReplicaSets (RollingUpdate, Recreate, revisions,
+//!   history limit, status and conditions as `kubectl rollout` expects);
+//! - [`fleet`]: one ReplicaSet per Fleet component, all on the Fleet's network.
 
 #![warn(missing_docs)]
 
+pub mod deployment;
+pub mod fleet;
+pub mod gc;
 pub mod leader;
+pub mod namespace;
+pub mod networkclass;
+pub mod nodelifecycle;
 pub mod replicaset;
 pub mod scheduler;

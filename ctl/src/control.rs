@@ -14,10 +14,16 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::sync::watch;
+use tugboat_controllers::deployment::{DeploymentConfig, DeploymentController};
+use tugboat_controllers::fleet::{FleetConfig, FleetController};
+use tugboat_controllers::gc::{GarbageCollector, GcConfig};
 use tugboat_controllers::leader::{LeaderElectionConfig, LeaderElector};
+use tugboat_controllers::namespace::{NamespaceConfig, NamespaceController};
+use tugboat_controllers::networkclass::{NetworkClassConfig, NetworkClassStatusController};
+use tugboat_controllers::nodelifecycle::{NodeLifecycleConfig, NodeLifecycleController};
 use tugboat_controllers::replicaset::{ReplicaSetConfig, ReplicaSetController};
 use tugboat_controllers::scheduler::{Scheduler, SchedulerConfig};
-use tugboat_nodeagent::{FakeConfig, FakeRuntime, NodeAgent, NodeAgentConfig};
+use tugboat_nodeagent::{FakeConfig, FakeRuntime, NodeAgent, NodeAgentConfig, NodeResources};
 
 /// User of the scheduler's and controller-manager's client certificate.
 pub const CONTROLLER_MANAGER_USER: &str = "system:tugboat-controller-manager";
@@ -58,6 +64,15 @@ pub struct ControlArgs {
     /// Fake runtime: a running VM crashes this many seconds after it started.
     #[arg(long)]
     pub fake_crash_after_secs: Option<u64>,
+    /// Fake runtime: CNI plugins the Node reports ready (`bridge,flannel,...`).
+    #[arg(long, value_delimiter = ',')]
+    pub fake_cni_plugins: Vec<String>,
+    /// CPU cores the Node reports (default: the host's).
+    #[arg(long)]
+    pub node_cpu: Option<u32>,
+    /// Memory the Node reports, as a quantity like `64Gi` (default: the host's).
+    #[arg(long)]
+    pub node_memory: Option<String>,
     /// Extra labels of this host's Node (`key=value,...`), e.g. topology.
     #[arg(long, value_delimiter = ',')]
     pub node_labels: Vec<String>,
@@ -90,6 +105,13 @@ impl ControlArgs {
                 self.node_monitor_grace_period,
                 self.node_heartbeat_interval
             );
+        }
+        if let Some(m) = &self.node_memory {
+            tugboat_api::kinds::common::parse_quantity(m)
+                .map_err(|e| anyhow::anyhow!("--node-memory {m:?}: {e}"))?;
+        }
+        if self.node_cpu == Some(0) {
+            anyhow::bail!("--node-cpu must be at least 1");
         }
         self.labels().map(|_| ())
     }
@@ -137,6 +159,7 @@ pub fn local_api_url(api_addr: SocketAddr, advertise: Option<std::net::IpAddr>) 
 pub async fn run_control_plane(
     client: kube::Client,
     identity: String,
+    args: ControlArgs,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let scheduler_election = LeaderElector::new(
@@ -160,8 +183,29 @@ pub async fn run_control_plane(
     let mut loops = tokio::task::JoinSet::new();
     loops.spawn(scheduler.run(scheduler_election.is_leader.clone()));
     let manager = manager_election.is_leader.clone();
-    loops
-        .spawn(ReplicaSetController::new(client.clone(), ReplicaSetConfig::default()).run(manager));
+    loops.spawn(
+        ReplicaSetController::new(client.clone(), ReplicaSetConfig::default()).run(manager.clone()),
+    );
+    loops.spawn(
+        DeploymentController::new(client.clone(), DeploymentConfig::default()).run(manager.clone()),
+    );
+    loops.spawn(FleetController::new(client.clone(), FleetConfig::default()).run(manager.clone()));
+    loops.spawn(
+        NamespaceController::new(client.clone(), NamespaceConfig::default()).run(manager.clone()),
+    );
+    loops.spawn(
+        NetworkClassStatusController::new(client.clone(), NetworkClassConfig::default())
+            .run(manager.clone()),
+    );
+    let lifecycle = NodeLifecycleConfig {
+        grace: Duration::from_secs(args.node_monitor_grace_period),
+        ship_eviction_timeout: Duration::from_secs(args.ship_eviction_timeout),
+        // Checked a few times per grace period, so a short test grace is still honoured.
+        monitor_period: Duration::from_secs(args.node_monitor_grace_period.div_ceil(4).clamp(1, 5)),
+        ..NodeLifecycleConfig::default()
+    };
+    loops.spawn(NodeLifecycleController::new(client.clone(), lifecycle).run(manager.clone()));
+    loops.spawn(GarbageCollector::new(client.clone(), GcConfig::default()).run(manager));
     tracing::info!(%identity, "scheduler and controller-manager campaigning");
 
     let _ = stop.wait_for(|s| *s).await;
@@ -181,8 +225,38 @@ pub fn agent_config(args: &ControlArgs, node_name: &str, internal_ip: String) ->
     cfg.lease_duration = Duration::from_secs(args.node_monitor_grace_period);
     if args.runtime == RuntimeKind::Fake {
         cfg.runtime_class = "fake".into();
+        cfg.cni_plugins = args.fake_cni_plugins.clone();
+    }
+    if args.node_cpu.is_some() || args.node_memory.is_some() {
+        // What is not overridden is read from the host.
+        let host = NodeResources::from_host().ok();
+        let cpu = args
+            .node_cpu
+            .map(|c| c.to_string())
+            .or_else(|| host.as_ref().map(|h| h.cpu.clone()))
+            .unwrap_or_else(|| "1".into());
+        let memory = args
+            .node_memory
+            .clone()
+            .or_else(|| host.as_ref().map(|h| h.memory.clone()))
+            .unwrap_or_else(|| "1Gi".into());
+        cfg.capacity = Some(NodeResources { cpu, memory });
     }
     cfg
+}
+
+/// The runtime `--runtime` names (`None` for `none`).
+pub fn make_runtime(args: &ControlArgs) -> Option<Arc<FakeRuntime>> {
+    match args.runtime {
+        RuntimeKind::None => None,
+        RuntimeKind::Fake => Some(Arc::new(FakeRuntime::new(FakeConfig {
+            boot_delay: Duration::from_millis(args.fake_boot_delay_ms),
+            failure_rate: args.fake_failure_rate,
+            crash_after: args.fake_crash_after_secs.map(Duration::from_secs),
+            crash_boots: None,
+            seed: rand::random(),
+        }))),
+    }
 }
 
 /// Runs this host's node agent with the runtime `--runtime` names until `stop` turns true;
@@ -193,15 +267,8 @@ pub async fn run_agent(
     config: NodeAgentConfig,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let runtime = match args.runtime {
-        RuntimeKind::None => return Ok(()),
-        RuntimeKind::Fake => Arc::new(FakeRuntime::new(FakeConfig {
-            boot_delay: Duration::from_millis(args.fake_boot_delay_ms),
-            failure_rate: args.fake_failure_rate,
-            crash_after: args.fake_crash_after_secs.map(Duration::from_secs),
-            crash_boots: None,
-            seed: rand::random(),
-        })),
+    let Some(runtime) = make_runtime(&args) else {
+        return Ok(());
     };
     let node = config.node_name.clone();
     let mut delay = Duration::from_millis(200);
@@ -225,4 +292,37 @@ pub async fn run_agent(
     let _ = stop.wait_for(|s| *s).await;
     drop(agent);
     Ok(())
+}
+
+/// Store key prefix under which each member publishes its apiserver URL (workers find an
+/// apiserver there, through the store connection they already have).
+pub const API_ENDPOINTS_PREFIX: &str = "/tugboat/apiservers/";
+
+/// Publishes this member's apiserver URL under [`API_ENDPOINTS_PREFIX`]`<name>` (kept as is
+/// when unchanged, so restarts write nothing).
+pub async fn publish_api_endpoint(
+    kv: &tugboat_api::kv::Kv,
+    name: &str,
+    url: &str,
+) -> anyhow::Result<()> {
+    let key = format!("{API_ENDPOINTS_PREFIX}{name}");
+    for _ in 0..3 {
+        let (current, _) = kv.get(key.as_bytes()).await?;
+        if current
+            .as_ref()
+            .is_some_and(|kv| kv.value == url.as_bytes())
+        {
+            return Ok(());
+        }
+        let rev = current.map(|kv| kv.mod_revision).unwrap_or(0);
+        match kv
+            .put_if(key.as_bytes(), url.as_bytes().to_vec(), rev)
+            .await?
+        {
+            tugboat_api::kv::CasOutcome::Written(_) => return Ok(()),
+            // Someone else wrote meanwhile (a restart of this member racing itself): read again.
+            tugboat_api::kv::CasOutcome::Failed(_) => {}
+        }
+    }
+    anyhow::bail!("publishing the apiserver URL kept racing other writes")
 }

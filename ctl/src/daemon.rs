@@ -457,7 +457,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(addr) = api_listen {
         let api = start_api(&args, &pki, addr, etcd_routes_for_api, stop_rx.clone()).await?;
         tracing::info!(addr = %api.addr, "Kubernetes API ready");
-        start_control_loops(&args, &name, api.addr, etcd_adv, &mut tasks, &stop_rx).await?;
+        let routes = services(server.clone()).routes();
+        start_control_loops(
+            &args, &name, routes, api.addr, etcd_adv, &mut tasks, &stop_rx,
+        )
+        .await?;
     }
 
     let signal = shutdown_signal();
@@ -556,6 +560,7 @@ async fn start_api(
 async fn start_control_loops(
     args: &RunArgs,
     name: &str,
+    routes: tonic::service::Routes,
     api_addr: SocketAddr,
     etcd_adv: SocketAddr,
     tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
@@ -563,6 +568,13 @@ async fn start_control_loops(
 ) -> anyhow::Result<()> {
     use crate::control;
     let server = control::local_api_url(api_addr, args.advertise_address);
+    if args.etcd_endpoints.is_empty() {
+        let kv = tugboat_api::kv::Kv::in_process(routes);
+        if let Err(e) = control::publish_api_endpoint(&kv, name, &server).await {
+            // Workers then use the other members' apiservers; nothing here depends on it.
+            tracing::warn!(error = %format!("{e:#}"), "could not publish the apiserver URL");
+        }
+    }
     if args.control.controllers == "on" {
         let client = control::client_for(
             &args.data_dir,
@@ -574,6 +586,7 @@ async fn start_control_loops(
         tasks.spawn(control::run_control_plane(
             client,
             name.to_string(),
+            args.control.clone(),
             stop.clone(),
         ));
     }

@@ -1,7 +1,10 @@
 //! A worker: a joined node that holds no copy of the store. It reaches the
 //! store through any member's client URL (with its node certificate) and
-//! shows it is alive by keeping a leased heartbeat key; the node agent of a
-//! later stage runs here.
+//! shows it is alive by keeping a leased heartbeat key. With `--runtime` it
+//! runs the node agent against a member's apiserver (found under
+//! [`crate::control::API_ENDPOINTS_PREFIX`] in the store), authenticated as
+//! `system:node:<name>` by the same node certificate, and moves to another
+//! member's apiserver when that one stops answering.
 
 use crate::daemon::RunArgs;
 use crate::join::JoinState;
@@ -11,7 +14,7 @@ use tonic::transport::Channel;
 use tugboat_pki::PkiPaths;
 use tugboat_store::pb::etcdserverpb::{
     kv_client::KvClient, lease_client::LeaseClient, LeaseGrantRequest, LeaseKeepAliveRequest,
-    PutRequest,
+    PutRequest, RangeRequest,
 };
 
 /// Key prefix of worker heartbeats (each on a lease of [`HEARTBEAT_TTL_SECS`]).
@@ -81,6 +84,7 @@ pub async fn run(args: &RunArgs, name: &str, state: JoinState) -> anyhow::Result
         crate::join::admit(&args.data_dir, name, None, Vec::new()).await?;
     }
     tracing::info!(%name, members = ?state.client_urls, "running as a worker (no copy of the store)");
+    let agent = agent_loop(args, name, &state.client_urls);
     let work = async {
         loop {
             match member_channel(&args.data_dir, &state.client_urls).await {
@@ -96,9 +100,136 @@ pub async fn run(args: &RunArgs, name: &str, state: JoinState) -> anyhow::Result
     };
     tokio::select! {
         _ = work => Ok(()),
+        _ = agent => Ok(()),
         sig = crate::daemon::shutdown_signal() => {
             tracing::info!(signal = sig, "worker stopped");
             Ok(())
         }
+    }
+}
+
+/// Checks between apiserver health probes of a running agent.
+const API_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+/// Failed probes in a row after which the agent moves to another apiserver.
+const API_PROBE_FAILURES: u32 = 3;
+
+/// The apiserver URLs members published in the store.
+async fn api_endpoints(channel: Channel) -> anyhow::Result<Vec<String>> {
+    let prefix = crate::control::API_ENDPOINTS_PREFIX.as_bytes().to_vec();
+    let mut end = prefix.clone();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    let resp = KvClient::new(channel)
+        .range(RangeRequest {
+            key: prefix,
+            range_end: end,
+            ..Default::default()
+        })
+        .await
+        .context("listing apiserver endpoints")?
+        .into_inner();
+    Ok(resp
+        .kvs
+        .into_iter()
+        .filter_map(|kv| String::from_utf8(kv.value).ok())
+        .collect())
+}
+
+/// A client of the apiserver at `server` authenticated by this node's certificate.
+async fn node_client(
+    data_dir: &std::path::Path,
+    server: &str,
+    name: &str,
+) -> anyhow::Result<kube::Client> {
+    let paths = PkiPaths::new(data_dir);
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+    };
+    let yaml = crate::kubeconfig::render(
+        server,
+        &read(&paths.ca_cert)?,
+        &read(&paths.peer_cert)?,
+        &read(&paths.peer_key)?,
+        name,
+        crate::kubeconfig::DEFAULT_CLUSTER,
+    );
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&yaml).context("parsing kubeconfig")?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .context("building the client configuration")?;
+    kube::Client::try_from(config).context("building the API client")
+}
+
+/// Runs the node agent (when `--runtime` names one) against any member's apiserver, moving on
+/// when it stops answering. The runtime, and so the VMs, outlive every switch.
+async fn agent_loop(args: &RunArgs, name: &str, client_urls: &[String]) {
+    let Some(runtime) = crate::control::make_runtime(&args.control) else {
+        return std::future::pending().await;
+    };
+    let ip = args
+        .advertise_address
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    let config = crate::control::agent_config(&args.control, name, ip.to_string());
+    let mut next = 0usize;
+    loop {
+        let endpoints = match member_channel(&args.data_dir, client_urls).await {
+            Ok(channel) => api_endpoints(channel).await,
+            Err(e) => Err(e),
+        };
+        let endpoints = match endpoints {
+            Ok(e) if !e.is_empty() => e,
+            Ok(_) => {
+                tracing::warn!("no member has published an apiserver yet");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "looking for an apiserver");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+        };
+        let server = &endpoints[next % endpoints.len()];
+        next = next.wrapping_add(1);
+        let client = match node_client(&args.data_dir, server, name).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(%server, error = %format!("{e:#}"), "apiserver client");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let agent = match tugboat_nodeagent::NodeAgent::start(
+            client.clone(),
+            runtime.clone(),
+            config.clone(),
+        )
+        .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(%server, error = %e, "node agent could not start");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        tracing::info!(%server, node = %name, "node agent running");
+        let mut failures = 0;
+        while failures < API_PROBE_FAILURES {
+            tokio::time::sleep(API_PROBE_INTERVAL).await;
+            match client.apiserver_version().await {
+                Ok(_) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(%server, error = %e, failures, "apiserver probe failed");
+                }
+            }
+        }
+        tracing::warn!(%server, "apiserver unreachable; moving the node agent to another member");
+        drop(agent);
     }
 }

@@ -95,6 +95,8 @@ pub struct NodeAgentConfig {
     pub allocatable: Option<NodeResources>,
     /// `InternalIP` address of the node (also the Ships' `status.hostIP`).
     pub internal_ip: String,
+    /// CNI plugins the node reports ready in `status.cniPlugins` (which NetworkClasses need).
+    pub cni_plugins: Vec<String>,
     /// Namespace of the node Lease.
     pub lease_namespace: String,
     /// How often the Lease is renewed.
@@ -125,6 +127,7 @@ impl NodeAgentConfig {
             capacity: None,
             allocatable: None,
             internal_ip: "127.0.0.1".into(),
+            cni_plugins: Vec::new(),
             lease_namespace: LEASE_NAMESPACE.into(),
             heartbeat_interval: Duration::from_secs(10),
             status_interval: Duration::from_secs(60),
@@ -311,6 +314,11 @@ fn node_status(config: &NodeAgentConfig, capacity: &NodeResources, ready_since: 
             "kubeProxyVersion": "",
         },
         "runtimeClasses": [config.runtime_class],
+        "cniPlugins": config
+            .cni_plugins
+            .iter()
+            .map(|p| json!({"name": p, "ready": true}))
+            .collect::<Vec<_>>(),
         "phase": "Running",
     })
 }
@@ -437,10 +445,32 @@ async fn renew_lease(client: &Client, config: &NodeAgentConfig) -> Result<(), Ag
 
 async fn heartbeat_loop<R: Runtime>(ctx: Arc<Ctx<R>>, ready_since: Value) {
     let mut last_status = Instant::now();
+    let mut reported_vms: Option<usize> = None;
     loop {
         tokio::time::sleep(ctx.config.heartbeat_interval).await;
         if let Err(e) = renew_lease(&ctx.client, &ctx.config).await {
             tracing::warn!(node = %ctx.config.node_name, error = %e, "renewing node lease");
+        }
+        // `status.shipCount` (the SHIPS column) follows the VMs the runtime has, written only
+        // when it changes.
+        if let Ok(vms) = ctx.runtime.list().await {
+            if reported_vms != Some(vms.len()) {
+                let nodes: Api<DynamicObject> = Api::all_with(ctx.client.clone(), &node_resource());
+                let patch = json!({"status": {"shipCount": vms.len()}});
+                match nodes
+                    .patch_status(
+                        &ctx.config.node_name,
+                        &PatchParams::default(),
+                        &Patch::Merge(&patch),
+                    )
+                    .await
+                {
+                    Ok(_) => reported_vms = Some(vms.len()),
+                    Err(e) => {
+                        tracing::warn!(node = %ctx.config.node_name, error = %e, "reporting the ship count")
+                    }
+                }
+            }
         }
         if last_status.elapsed() >= ctx.config.status_interval {
             match refresh_node_ready(&ctx.client, &ctx.config, &ready_since).await {

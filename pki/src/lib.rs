@@ -621,9 +621,15 @@ fn issue_leaf(spec: &LeafSpec<'_>, issuer: &Issuer<'static, KeyPair>) -> Result<
     write_atomic(spec.cert, cert.pem().as_bytes(), CERT_MODE)
 }
 
+/// Organization (apiserver group) of every node certificate: the apiserver authenticates a
+/// certificate with CN `<name>` in this group as `system:node:<name>`, which its node
+/// authorizer confines to that node's own objects.
+pub const NODES_ORGANIZATION: &str = "system:nodes";
+
 fn node_subject(id: &NodeIdentity) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, id.name.as_str());
+    dn.push(DnType::OrganizationName, NODES_ORGANIZATION);
     dn
 }
 

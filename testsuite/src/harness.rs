@@ -579,6 +579,10 @@ pub struct TugboatOptions {
     /// bootstrap objects (namespaces, RBAC defaults) into the store, which etcd-level tests
     /// expect to start empty.
     pub api: bool,
+    /// Run the scheduler and controller-manager in `tugboatd` (with the API). Off by default
+    /// (`--controllers=off`): tests of one controller run it in-process and must not compete
+    /// with the daemon's.
+    pub controllers: bool,
 }
 
 /// Where a node placed in a network namespace runs and listens.
@@ -627,6 +631,7 @@ impl Default for TugboatOptions {
             join: None,
             netns: None,
             api: false,
+            controllers: false,
         }
     }
 }
@@ -917,6 +922,9 @@ impl TugboatNode {
                 "off".into()
             },
         ];
+        if !opts.controllers {
+            args.push("--controllers=off".into());
+        }
         args.extend(opts.extra_args.iter().cloned());
         let first_args = opts.join.as_ref().map(|j| {
             let mut first = vec![

@@ -521,6 +521,14 @@ fn user_from_certificate(der: &[u8]) -> Result<UserInfo, ApiError> {
         .filter_map(|o| o.as_str().ok().map(str::to_string))
         .collect();
     groups.push(AUTHENTICATED_GROUP.to_string());
+    // Node certificates (CN = the node name, O = system:nodes) speak for that node.
+    let name = if groups.iter().any(|g| g == super::node::NODES_GROUP)
+        && !name.starts_with(super::node::NODE_USER_PREFIX)
+    {
+        format!("{}{name}", super::node::NODE_USER_PREFIX)
+    } else {
+        name
+    };
     Ok(UserInfo {
         name,
         groups,

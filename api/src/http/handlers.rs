@@ -761,7 +761,12 @@ async fn store_update(
         // Kubernetes writes nothing for a no-op update: no new resourceVersion, no event.
         return Ok(cur.clone());
     }
-    if meta::is_terminating(&new) && meta::finalizers(&new).is_empty() {
+    // A namespace also waits for `spec.finalizers` (its content being emptied).
+    let spec_finalizers = new
+        .pointer("/spec/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty());
+    if meta::is_terminating(&new) && meta::finalizers(&new).is_empty() && !spec_finalizers {
         let last = api
             .storage
             .delete(def, namespace, name, new, cur_rv)

@@ -9,11 +9,19 @@ use super::typed::Kind;
 use crate::error::FieldError;
 use crate::registry::Column;
 use k8s_openapi::api::apps::v1 as k8s;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
+
+/// Label the Deployment controller adds to a ReplicaSet's name, selector and Ship template: a
+/// hash of the Deployment's Ship template.
+pub const SHIP_TEMPLATE_HASH_LABEL: &str = "ship-template-hash";
+
+/// Annotation of the `spec.template` mirror holding the JSON of the Ship template it mirrors.
+pub const SHIP_TEMPLATE_ANNOTATION: &str = "tugboat.io/ship-template";
 
 // =============================================================================================
 // Shared checks
@@ -60,6 +68,85 @@ fn first_image(t: &ShipTemplateSpec) -> Value {
 }
 
 // =============================================================================================
+// The `spec.template` mirror
+// =============================================================================================
+
+/// `spec.template` of Deployments and ReplicaSets: the Ship template in the shape of a
+/// Kubernetes PodTemplateSpec, so that clients decoding these objects into the Kubernetes types
+/// (`kubectl rollout undo`, `kubectl rollout history`) see and write back the template.
+///
+/// Derived by the server from `shipTemplate` on every write. An update that changes only the
+/// mirror (what `kubectl rollout undo` sends) restores `shipTemplate` from the mirror's
+/// `tugboat.io/ship-template` annotation.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+#[schemars(rename = "io.tugboat.apps.v1.ShipTemplateMirror")]
+pub struct ShipTemplateMirror {
+    /// The Ship template's labels (without `ship-template-hash`) and annotations, plus `tugboat.io/ship-template`: the Ship template as JSON.
+    pub metadata: ObjectMeta,
+    /// Always `containers: []`: Ships run VMs, not containers.
+    pub spec: ShipTemplateMirrorSpec,
+}
+
+/// The PodSpec-shaped part of [`ShipTemplateMirror`].
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+#[schemars(rename = "io.tugboat.apps.v1.ShipTemplateMirrorSpec")]
+pub struct ShipTemplateMirrorSpec {
+    /// Always empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub containers: Option<Vec<Value>>,
+}
+
+/// `t` without the `ship-template-hash` label: a ReplicaSet's template compares equal to its
+/// Deployment's.
+fn without_hash_label(t: &ShipTemplateSpec) -> ShipTemplateSpec {
+    let mut t = t.clone();
+    if let Some(labels) = &mut t.metadata.labels {
+        labels.remove(SHIP_TEMPLATE_HASH_LABEL);
+        if labels.is_empty() {
+            t.metadata.labels = None;
+        }
+    }
+    t
+}
+
+impl ShipTemplateMirror {
+    /// The mirror of `t`.
+    pub fn of(t: &ShipTemplateSpec) -> Self {
+        let t = without_hash_label(t);
+        let mut annotations = t.metadata.annotations.clone().unwrap_or_default();
+        // Serializing a struct of structs and BTreeMaps: the text is stable for equal templates,
+        // so the mirrors of a Deployment and of its ReplicaSet compare equal.
+        if let Ok(text) = serde_json::to_string(&t) {
+            annotations.insert(SHIP_TEMPLATE_ANNOTATION.to_string(), text);
+        }
+        ShipTemplateMirror {
+            metadata: ObjectMeta {
+                labels: t.metadata.labels.clone(),
+                annotations: Some(annotations),
+                ..ObjectMeta::default()
+            },
+            spec: ShipTemplateMirrorSpec {
+                containers: Some(Vec::new()),
+            },
+        }
+    }
+
+    /// The Ship template recorded in the mirror (`None` if absent or not a Ship template).
+    pub fn ship_template(&self) -> Option<ShipTemplateSpec> {
+        let text = self
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(SHIP_TEMPLATE_ANNOTATION)?;
+        let mut t: ShipTemplateSpec = serde_json::from_str(text).ok()?;
+        t.spec.apply_defaults();
+        Some(t)
+    }
+}
+
+// =============================================================================================
 // Deployment
 // =============================================================================================
 
@@ -88,6 +175,9 @@ pub struct DeploymentSpec {
     /// Ships created by this Deployment.
     #[schemars(extend("x-required" = true))]
     pub ship_template: ShipTemplateSpec,
+    /// Read-only mirror of `shipTemplate` shaped like a Kubernetes PodTemplateSpec (for `kubectl rollout undo` and `history`); set by the server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<ShipTemplateMirror>,
     /// How old Ships are replaced by new ones: `RollingUpdate` (default) or `Recreate`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub strategy: Option<k8s::DeploymentStrategy>,
@@ -182,6 +272,28 @@ impl Kind for Deployment {
                 .get_or_insert_with(|| IntOrString::String("25%".into()));
         }
         spec.ship_template.spec.apply_defaults();
+        spec.template = Some(ShipTemplateMirror::of(&spec.ship_template));
+    }
+
+    fn resolve_update(&mut self, old: &Self) {
+        // `kubectl rollout undo` replaces `spec.template` with an old ReplicaSet's mirror and
+        // leaves `shipTemplate` alone; a client changing `shipTemplate` itself wins.
+        let mut ship_template = self.spec.ship_template.clone();
+        ship_template.spec.apply_defaults();
+        if ship_template != old.spec.ship_template {
+            return;
+        }
+        let Some(restored) = self
+            .spec
+            .template
+            .as_ref()
+            .and_then(ShipTemplateMirror::ship_template)
+        else {
+            return;
+        };
+        if restored != without_hash_label(&old.spec.ship_template) {
+            self.spec.ship_template = restored;
+        }
     }
 
     fn validate(&self, old: Option<&Self>) -> Vec<FieldError> {
@@ -347,6 +459,9 @@ pub struct ReplicaSetSpec {
     /// Ships created by this ReplicaSet.
     #[schemars(extend("x-required" = true))]
     pub ship_template: ShipTemplateSpec,
+    /// Read-only mirror of `shipTemplate` shaped like a Kubernetes PodTemplateSpec (for `kubectl rollout undo` and `history`); set by the server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<ShipTemplateMirror>,
 }
 
 /// Observed state of a ReplicaSet.
@@ -377,6 +492,7 @@ impl Kind for ReplicaSet {
     fn apply_defaults(&mut self) {
         self.spec.replicas.get_or_insert(1);
         self.spec.ship_template.spec.apply_defaults();
+        self.spec.template = Some(ShipTemplateMirror::of(&self.spec.ship_template));
     }
 
     fn validate(&self, old: Option<&Self>) -> Vec<FieldError> {

@@ -104,6 +104,9 @@ pub struct ShipSpec {
     /// Scheduling constraints: node affinity and ship (anti-)affinity.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub affinity: Option<ShipAffinity>,
+    /// How Ships matching a label selector spread over topology domains (zones, hosts), in the Kubernetes Pod `topologySpreadConstraints` shape.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<k8s::TopologySpreadConstraint>,
     /// Disks and shares attached to the VM.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<ShipVolume>,
@@ -515,6 +518,25 @@ impl ShipSpec {
                     "value must be empty when `operator` is 'Exists'",
                 ));
             }
+        }
+        for (i, c) in self.topology_spread_constraints.iter().enumerate() {
+            let p = format!("{path}.topologySpreadConstraints[{i}]");
+            if c.max_skew < 1 {
+                errs.push(FieldError::invalid(
+                    format!("{p}.maxSkew"),
+                    &json!(c.max_skew),
+                    "must be greater than zero",
+                ));
+            }
+            if c.topology_key.is_empty() {
+                errs.push(FieldError::required(format!("{p}.topologyKey"), ""));
+            }
+            check_enum(
+                Some(c.when_unsatisfiable.as_str()),
+                &format!("{p}.whenUnsatisfiable"),
+                &["DoNotSchedule", "ScheduleAnyway"],
+                &mut errs,
+            );
         }
         let mut ports = BTreeSet::new();
         for (i, m) in self.port_mappings.iter().enumerate() {

@@ -18,6 +18,9 @@ use std::marker::PhantomData;
 pub trait Kind: Serialize + DeserializeOwned + JsonSchema + Send + Sync + 'static {
     /// Fills in server defaults (called on every decode).
     fn apply_defaults(&mut self) {}
+    /// On a write replacing the stored `old`, before defaults: resolves fields derived from
+    /// others that the client may have written in their derived form.
+    fn resolve_update(&mut self, _old: &Self) {}
     /// Semantic checks of the decoded object; `old` is the stored object on update.
     fn validate(&self, _old: Option<&Self>) -> Vec<FieldError> {
         Vec::new()
@@ -152,44 +155,57 @@ pub fn from_value<T: DeserializeOwned>(obj: Value) -> Result<T, DecodeError> {
     })
 }
 
+/// Decodes `obj` as `K` (resolved against the stored `old` on updates) and applies defaults.
+fn decode_typed<K: Kind>(obj: Value, old: Option<&Value>) -> DecodeResult {
+    if !obj.is_object() {
+        return Err(DecodeError {
+            path: String::new(),
+            message: "the object must be a JSON object".to_string(),
+        });
+    }
+    let api_version = obj.get("apiVersion").cloned();
+    let kind = obj.get("kind").cloned();
+    let metadata = obj.get("metadata").cloned();
+    let mut typed: K = from_value(obj)?;
+    // A stored object that no longer decodes resolves nothing.
+    if let Some(old) = old.and_then(|o| from_value::<K>(o.clone()).ok()) {
+        typed.resolve_update(&old);
+    }
+    typed.apply_defaults();
+    let mut out = serde_json::to_value(&typed).map_err(|e| DecodeError {
+        path: String::new(),
+        message: e.to_string(),
+    })?;
+    if let Value::Object(map) = &mut out {
+        for (key, value) in [
+            ("apiVersion", api_version),
+            ("kind", kind),
+            ("metadata", metadata),
+        ] {
+            match value {
+                Some(v) => {
+                    map.insert(key.to_string(), v);
+                }
+                None => {
+                    map.remove(key);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 impl<K: Kind> KindOps for Typed<K> {
     fn schema(&self, defs: &mut BTreeMap<String, Value>) -> Value {
         schema_of::<K>(defs)
     }
 
     fn decode(&self, obj: Value) -> DecodeResult {
-        if !obj.is_object() {
-            return Err(DecodeError {
-                path: String::new(),
-                message: "the object must be a JSON object".to_string(),
-            });
-        }
-        let api_version = obj.get("apiVersion").cloned();
-        let kind = obj.get("kind").cloned();
-        let metadata = obj.get("metadata").cloned();
-        let mut typed: K = from_value(obj)?;
-        typed.apply_defaults();
-        let mut out = serde_json::to_value(&typed).map_err(|e| DecodeError {
-            path: String::new(),
-            message: e.to_string(),
-        })?;
-        if let Value::Object(map) = &mut out {
-            for (key, value) in [
-                ("apiVersion", api_version),
-                ("kind", kind),
-                ("metadata", metadata),
-            ] {
-                match value {
-                    Some(v) => {
-                        map.insert(key.to_string(), v);
-                    }
-                    None => {
-                        map.remove(key);
-                    }
-                }
-            }
-        }
-        Ok(out)
+        decode_typed::<K>(obj, None)
+    }
+
+    fn decode_update(&self, obj: Value, old: &Value) -> DecodeResult {
+        decode_typed::<K>(obj, Some(old))
     }
 
     fn validate(&self, obj: &Value, old: Option<&Value>) -> Vec<FieldError> {

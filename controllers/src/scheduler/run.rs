@@ -6,6 +6,12 @@
 //! `Scheduled`. When nothing fits, a `FailedScheduling` Warning Event explains why (throttled
 //! per Ship).
 //!
+//! Binds are pipelined: a decision is assumed at once (the Ship counts on its node for every
+//! later decision) and its bind runs in a task, up to [`SchedulerConfig::max_binds_in_flight`]
+//! at a time; a failed bind drops the assumption and backs the Ship off. A Ship with a bind in
+//! flight is never scheduled again, and the precondition makes a stale decision a 409, so no
+//! Ship is bound twice.
+//!
 //! Only the leader schedules: [`Scheduler::run`] follows a leadership channel (see
 //! [`crate::leader`]).
 
@@ -14,19 +20,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{EventSource, ObjectReference};
+use k8s_openapi::api::core::v1::{
+    EventSource, Namespace, ObjectReference, PersistentVolume, PersistentVolumeClaim,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
 use serde_json::json;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tugboat_api::kinds::core::{
-    ClusterNetworkClass, Event, NetworkClass, Node, RuntimeClass, Ship, ShipClass,
+    ClusterNetworkClass, Event, NetworkClass, Node, RuntimeClass, Ship, ShipClass, StorageClass,
 };
 
-use super::{schedule, ClusterState, ScheduleError};
+use super::{nodes_to_find, schedule, ClusterState, ScheduleError};
 
 /// Errors of binding one Ship.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +70,13 @@ pub struct SchedulerConfig {
     pub event_interval: Duration,
     /// Rescan period when no watch event arrives.
     pub resync: Duration,
+    /// Binds (merge patches) running at once; decisions wait for a slot beyond that.
+    pub max_binds_in_flight: usize,
+    /// Also write `status.phase: Scheduled` after each binding (a second request per Ship).
+    pub set_scheduled_phase: bool,
+    /// Look at only part of a large cluster per decision (kube-scheduler's adaptive
+    /// `percentageOfNodesToScore`, see [`super::nodes_to_find`]); `false`: every node.
+    pub sample_nodes: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -72,6 +88,9 @@ impl Default for SchedulerConfig {
             max_backoff: Duration::from_secs(10),
             event_interval: Duration::from_secs(30),
             resync: Duration::from_secs(1),
+            max_binds_in_flight: 64,
+            set_scheduled_phase: true,
+            sample_nodes: true,
         }
     }
 }
@@ -100,6 +119,31 @@ struct Stores {
     runtime_classes: Store<RuntimeClass>,
     network_classes: Store<NetworkClass>,
     cluster_network_classes: Store<ClusterNetworkClass>,
+    claims: Store<PersistentVolumeClaim>,
+    volumes: Store<PersistentVolume>,
+    storage_classes: Store<DynamicObject>,
+    namespaces: Store<Namespace>,
+}
+
+/// A Ship the scheduler placed whose binding the reflector does not show yet.
+#[derive(Clone, Debug)]
+struct Assumed {
+    node: String,
+    /// When the decision (or, once the bind returned, the bind) happened.
+    at: Instant,
+    /// The bind request has not answered yet: the assumption never expires meanwhile.
+    in_flight: bool,
+}
+
+/// The answer of one bind task: Ship key and result.
+type BindResult = (String, Result<(), BindError>);
+
+/// `ApiResource` of Tugboat's `v1` StorageClass (core group, unlike Kubernetes' storage.k8s.io).
+fn storage_class_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("", "v1", "StorageClass"),
+        "storageclasses",
+    )
 }
 
 /// Aborts the reflector tasks when dropped.
@@ -142,22 +186,51 @@ where
     reader
 }
 
+fn spawn_dynamic_reflector(
+    api: Api<DynamicObject>,
+    ar: ApiResource,
+    notify: Arc<Notify>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Store<DynamicObject> {
+    let writer = reflector::store::Writer::<DynamicObject>::new(ar);
+    let reader = writer.as_reader();
+    let stream =
+        reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    tasks.push(tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            if let Err(e) = ev {
+                tracing::debug!(error = %e, "scheduler watch error");
+            }
+            notify.notify_one();
+        }
+    }));
+    reader
+}
+
 /// The Ship scheduler (see the module docs).
 pub struct Scheduler {
     client: Client,
     cfg: SchedulerConfig,
     backoff: HashMap<String, Backoff>,
-    /// Ships bound by us that the reflector does not show bound yet: key → (node, time).
-    assumed: HashMap<String, (String, Instant)>,
+    /// Ships bound by us that the reflector does not show bound yet.
+    assumed: HashMap<String, Assumed>,
     /// Last FailedScheduling Event per Ship: (message, time).
     events: HashMap<String, (String, Instant)>,
     /// Fingerprint of the nodes at the last cycle: a change retries unschedulable Ships now.
     node_fingerprint: Vec<(String, String)>,
+    /// Bind tasks answer here.
+    results_tx: mpsc::UnboundedSender<BindResult>,
+    results_rx: mpsc::UnboundedReceiver<BindResult>,
+    /// Slots for binds in flight.
+    bind_slots: Arc<Semaphore>,
 }
 
 impl Scheduler {
     /// A scheduler using `client`.
     pub fn new(client: Client, cfg: SchedulerConfig) -> Self {
+        let (results_tx, results_rx) = mpsc::unbounded_channel();
+        let bind_slots = Arc::new(Semaphore::new(cfg.max_binds_in_flight.max(1)));
         Scheduler {
             client,
             cfg,
@@ -165,6 +238,9 @@ impl Scheduler {
             assumed: HashMap::new(),
             events: HashMap::new(),
             node_fingerprint: Vec::new(),
+            results_tx,
+            results_rx,
+            bind_slots,
         }
     }
 
@@ -192,6 +268,15 @@ impl Scheduler {
                     notify.clone(),
                     &mut tasks,
                 ),
+                claims: spawn_reflector(Api::all(c.clone()), notify.clone(), &mut tasks),
+                volumes: spawn_reflector(Api::all(c.clone()), notify.clone(), &mut tasks),
+                storage_classes: spawn_dynamic_reflector(
+                    Api::all_with(c.clone(), &storage_class_resource()),
+                    storage_class_resource(),
+                    notify.clone(),
+                    &mut tasks,
+                ),
+                namespaces: spawn_reflector(Api::all(c.clone()), notify.clone(), &mut tasks),
             };
             let tasks = Tasks(tasks);
             let ready = async {
@@ -201,6 +286,10 @@ impl Scheduler {
                 let _ = stores.runtime_classes.wait_until_ready().await;
                 let _ = stores.network_classes.wait_until_ready().await;
                 let _ = stores.cluster_network_classes.wait_until_ready().await;
+                let _ = stores.claims.wait_until_ready().await;
+                let _ = stores.volumes.wait_until_ready().await;
+                let _ = stores.storage_classes.wait_until_ready().await;
+                let _ = stores.namespaces.wait_until_ready().await;
             };
             let still_leader = tokio::select! {
                 _ = ready => true,
@@ -208,7 +297,7 @@ impl Scheduler {
             };
             if still_leader {
                 loop {
-                    self.cycle(&stores, &is_leader).await;
+                    self.cycle(&stores, &is_leader, &notify).await;
                     tokio::select! {
                         _ = notify.notified() => {}
                         _ = tokio::time::sleep(self.cfg.resync) => {}
@@ -226,23 +315,48 @@ impl Scheduler {
         }
     }
 
+    /// Takes in the answers of finished binds.
+    fn collect_results(&mut self) {
+        while let Ok((k, result)) = self.results_rx.try_recv() {
+            let Some(a) = self.assumed.get_mut(&k).filter(|a| a.in_flight) else {
+                // From an earlier leadership term: the assumption is gone already.
+                continue;
+            };
+            match result {
+                Ok(()) => {
+                    a.in_flight = false;
+                    a.at = Instant::now();
+                    self.backoff.remove(&k);
+                    self.events.remove(&k);
+                }
+                Err(e) => {
+                    if !matches!(e, BindError::Conflict(_)) {
+                        tracing::warn!(error = %e, "bind failed");
+                    }
+                    // Someone else changed the Ship (or the bind failed): decide again after
+                    // the backoff, from what the watch shows by then.
+                    self.assumed.remove(&k);
+                    self.fail(&k);
+                }
+            }
+        }
+    }
+
     /// One pass over the unscheduled Ships.
-    async fn cycle(&mut self, stores: &Stores, is_leader: &watch::Receiver<bool>) {
-        let ships = stores.ships.state();
-        let mut state = ClusterState::new(
-            stores.nodes.state(),
-            stores.ship_classes.state(),
-            stores.runtime_classes.state(),
-            stores.network_classes.state(),
-            stores.cluster_network_classes.state(),
-        );
-        let mut fingerprint: Vec<(String, String)> = state
-            .nodes
-            .values()
-            .map(|i| {
+    async fn cycle(
+        &mut self,
+        stores: &Stores,
+        is_leader: &watch::Receiver<bool>,
+        notify: &Arc<Notify>,
+    ) {
+        self.collect_results();
+        let nodes = stores.nodes.state();
+        let mut fingerprint: Vec<(String, String)> = nodes
+            .iter()
+            .map(|n| {
                 (
-                    i.name().to_string(),
-                    i.node.metadata.resource_version.clone().unwrap_or_default(),
+                    n.metadata.name.clone().unwrap_or_default(),
+                    n.metadata.resource_version.clone().unwrap_or_default(),
                 )
             })
             .collect();
@@ -253,16 +367,70 @@ impl Scheduler {
             self.node_fingerprint = fingerprint;
         }
 
+        let ships = stores.ships.state();
         let now = Instant::now();
         let mut pending = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = std::collections::HashSet::with_capacity(ships.len());
         for ship in &ships {
             let k = key(ship);
-            seen.insert(k.clone());
-            let bound = ship.spec.node_name.as_deref().filter(|n| !n.is_empty());
-            match bound {
+            let bound = ship
+                .spec
+                .node_name
+                .as_deref()
+                .is_some_and(|n| !n.is_empty());
+            if bound {
+                self.assumed.remove(&k);
+            } else if !self.assumed.contains_key(&k)
+                && ship.metadata.deletion_timestamp.is_none()
+                && self.backoff.get(&k).is_none_or(|b| b.next <= now)
+            {
+                pending.push(ship.clone());
+            }
+            seen.insert(k);
+        }
+        // Forget Ships that are gone, and finished binds the watch never confirmed.
+        self.assumed.retain(|k, a| {
+            seen.contains(k) && (a.in_flight || a.at.elapsed() < Duration::from_secs(30))
+        });
+        self.backoff.retain(|k, _| seen.contains(k));
+        self.events.retain(|k, _| seen.contains(k));
+        if pending.is_empty() {
+            return;
+        }
+
+        let mut state = ClusterState::new(
+            nodes,
+            stores.ship_classes.state(),
+            stores.runtime_classes.state(),
+            stores.network_classes.state(),
+            stores.cluster_network_classes.state(),
+        )
+        .with_storage(
+            stores.claims.state(),
+            stores.volumes.state(),
+            stores
+                .storage_classes
+                .state()
+                .iter()
+                .filter_map(|o| dynamic_to_storage_class(o).map(Arc::new)),
+        );
+        state.namespace_labels = stores
+            .namespaces
+            .state()
+            .iter()
+            .map(|n| {
+                (
+                    n.metadata.name.clone().unwrap_or_default(),
+                    n.metadata.labels.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        if self.cfg.sample_nodes {
+            state.feasible_limit = nodes_to_find(state.nodes.len());
+        }
+        for ship in &ships {
+            match ship.spec.node_name.as_deref().filter(|n| !n.is_empty()) {
                 Some(node) => {
-                    self.assumed.remove(&k);
                     if !matches!(
                         ship.status.as_ref().and_then(|s| s.phase.as_deref()),
                         Some("Failed")
@@ -271,19 +439,13 @@ impl Scheduler {
                     }
                 }
                 None => {
-                    if let Some((node, _)) = self.assumed.get(&k) {
-                        state.place(ship, node);
-                    } else if ship.metadata.deletion_timestamp.is_none() {
-                        pending.push(ship.clone());
+                    if let Some(a) = self.assumed.get(&key(ship)) {
+                        state.place(ship, &a.node);
                     }
                 }
             }
         }
-        // Forget Ships that are gone, and assumptions the watch never confirmed.
-        self.assumed
-            .retain(|k, (_, t)| seen.contains(k) && t.elapsed() < Duration::from_secs(30));
-        self.backoff.retain(|k, _| seen.contains(k));
-        self.events.retain(|k, _| seen.contains(k));
+        drop(ships);
 
         pending.sort_by(|a, b| {
             a.metadata
@@ -297,34 +459,44 @@ impl Scheduler {
                 return;
             }
             let k = key(&ship);
-            if self.backoff.get(&k).is_some_and(|b| b.next > now) {
-                continue;
-            }
-            match schedule(&ship, &state) {
-                Ok(decision) => match self.bind(&ship, &decision.node).await {
-                    Ok(()) => {
-                        tracing::debug!(ship = %k, node = %decision.node, "bound");
-                        state.place(&ship, &decision.node);
-                        self.assumed
-                            .insert(k.clone(), (decision.node, Instant::now()));
-                        self.backoff.remove(&k);
-                        self.events.remove(&k);
-                    }
-                    Err(BindError::Conflict(_)) => {
-                        // Someone else changed it: wait for the watch to catch up.
-                        self.fail(&k);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "bind failed");
-                        self.fail(&k);
-                    }
-                },
+            match schedule(&ship, &mut state) {
+                Ok(decision) => {
+                    tracing::debug!(ship = %k, node = %decision.node, "assumed");
+                    state.place(&ship, &decision.node);
+                    self.assumed.insert(
+                        k.clone(),
+                        Assumed {
+                            node: decision.node.clone(),
+                            at: Instant::now(),
+                            in_flight: true,
+                        },
+                    );
+                    // Waiting for a slot is the backpressure: decisions stay at most
+                    // `max_binds_in_flight` ahead of the apiserver.
+                    let Ok(permit) = self.bind_slots.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let client = self.client.clone();
+                    let tx = self.results_tx.clone();
+                    let notify = notify.clone();
+                    let phase = self.cfg.set_scheduled_phase;
+                    tokio::spawn(async move {
+                        let r = bind(&client, &ship, &decision.node, phase).await;
+                        drop(permit);
+                        if r.is_err() {
+                            // Only failures need the loop's attention soon.
+                            notify.notify_one();
+                        }
+                        let _ = tx.send((k, r));
+                    });
+                }
                 Err(e) => {
                     self.fail(&k);
-                    self.record_failure(&ship, &e).await;
+                    self.record_failure(&ship, &e);
                 }
             }
         }
+        self.collect_results();
     }
 
     fn fail(&mut self, k: &str) {
@@ -342,38 +514,13 @@ impl Scheduler {
         b.next = Instant::now() + delay;
     }
 
-    /// Binds `ship` to `node`: `spec.nodeName` conditional on the Ship's resourceVersion, then
-    /// `status.phase: Scheduled`.
+    /// Binds `ship` to `node` (see [`bind`]).
     pub async fn bind(&self, ship: &Ship, node: &str) -> Result<(), BindError> {
-        let k = key(ship);
-        let ns = ship.metadata.namespace.as_deref().unwrap_or("default");
-        let name = ship.metadata.name.as_deref().unwrap_or("");
-        let api: Api<Ship> = Api::namespaced(self.client.clone(), ns);
-        let patch = json!({
-            "metadata": {"resourceVersion": ship.metadata.resource_version},
-            "spec": {"nodeName": node},
-        });
-        match api
-            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => return Err(BindError::Conflict(k)),
-            Err(source) => return Err(BindError::Api { ship: k, source }),
-        }
-        let status = json!({"status": {"phase": "Scheduled"}});
-        if let Err(source) = api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-            .await
-        {
-            // The binding stands; the phase is cosmetic and the agent sets it next.
-            tracing::warn!(ship = %k, error = %source, "setting phase Scheduled failed");
-        }
-        Ok(())
+        bind(&self.client, ship, node, self.cfg.set_scheduled_phase).await
     }
 
     /// Records a `FailedScheduling` Warning Event (throttled per Ship).
-    async fn record_failure(&mut self, ship: &Ship, err: &ScheduleError) {
+    fn record_failure(&mut self, ship: &Ship, err: &ScheduleError) {
         let k = key(ship);
         let message = err.to_string();
         if let Some((last, at)) = self.events.get(&k) {
@@ -422,10 +569,58 @@ impl Scheduler {
             ..Event::default()
         };
         let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
-        if let Err(e) = api.create(&PostParams::default(), &event).await {
-            tracing::warn!(ship = %k, error = %e, "recording FailedScheduling event failed");
+        // Off the scheduling path: an Event is best effort and must not slow decisions.
+        tokio::spawn(async move {
+            if let Err(e) = api.create(&PostParams::default(), &event).await {
+                tracing::warn!(ship = %k, error = %e, "recording FailedScheduling event failed");
+            }
+        });
+    }
+}
+
+/// Binds `ship` to `node`: `spec.nodeName` conditional on the Ship's resourceVersion, then
+/// (with `set_phase`) `status.phase: Scheduled`.
+pub async fn bind(
+    client: &Client,
+    ship: &Ship,
+    node: &str,
+    set_phase: bool,
+) -> Result<(), BindError> {
+    let k = key(ship);
+    let ns = ship.metadata.namespace.as_deref().unwrap_or("default");
+    let name = ship.metadata.name.as_deref().unwrap_or("");
+    let api: Api<Ship> = Api::namespaced(client.clone(), ns);
+    let patch = json!({
+        "metadata": {"resourceVersion": ship.metadata.resource_version},
+        "spec": {"nodeName": node},
+    });
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => return Err(BindError::Conflict(k)),
+        Err(source) => return Err(BindError::Api { ship: k, source }),
+    }
+    if set_phase {
+        let status = json!({"status": {"phase": "Scheduled"}});
+        if let Err(source) = api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+        {
+            // The binding stands; the phase is cosmetic and the agent sets it next.
+            tracing::warn!(ship = %k, error = %source, "setting phase Scheduled failed");
         }
     }
+    Ok(())
+}
+
+/// Tugboat's StorageClass from a dynamic object (`None` if it does not decode).
+fn dynamic_to_storage_class(o: &DynamicObject) -> Option<StorageClass> {
+    let mut value = o.data.clone();
+    let map = value.as_object_mut()?;
+    map.insert("metadata".into(), serde_json::to_value(&o.metadata).ok()?);
+    serde_json::from_value(value).ok()
 }
 
 /// Resolves when leadership is lost (or the channel closes).
