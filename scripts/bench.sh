@@ -14,6 +14,10 @@
 #   BENCH_ONLY=cluster scripts/bench.sh  # only the 3-node cluster benchmarks; writes to stdout
 #   BENCH_ONLY=api scripts/bench.sh    # only the Kubernetes API benchmark (apibench); writes to stdout
 #   BENCH_API=0 scripts/bench.sh       # leave the API benchmark out of a full run
+#   BENCH_ONLY=sched scripts/bench.sh  # only the scheduling benchmark (schedbench); writes to stdout
+#   BENCH_SCHED=0 scripts/bench.sh     # leave the scheduling benchmark out of a full run
+#   SCHEDBENCH_NODES=100 SCHEDBENCH_SHIPS=1000 BENCH_ONLY=sched scripts/bench.sh  # quick run
+#                                      # (all SCHEDBENCH_* knobs: target/release/schedbench --help)
 #   APIBENCH_CREATES=500 APIBENCH_WATCHERS=50 BENCH_ONLY=api scripts/bench.sh  # quick API run
 #                                      # (all APIBENCH_* knobs: target/release/apibench --help)
 #   BENCH_OUT=/tmp/b.md scripts/bench.sh # write the report there instead
@@ -35,6 +39,11 @@
 # over tugboat's own store and over Debian etcd (`--etcd-endpoints`), one after
 # the other: Ship creates/s and p99, `kubectl get ships -A` with 10,000 Ships,
 # raw list times, watch delivery latency to 1,000 watchers, RSS.
+#
+# Scheduling (`schedbench`, last): one tugboatd (store, apiserver, scheduler,
+# controllers) and 1,000 simulated nodes (node agents over the fake runtime) in
+# the bench process; 10,000 Ships created through the API; Ships bound per
+# second, time until all run, tugboatd CPU seconds and RSS.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -55,6 +64,7 @@ CLUSTER=${BENCH_CLUSTER:-1}
 JOIN_REPEAT=${BENCH_JOIN_REPEAT:-5}
 KILLS=${BENCH_FAILOVER_KILLS:-10}
 API=${BENCH_API:-1}
+SCHED=${BENCH_SCHED:-1}
 KUBECTL_BIN=${KUBECTL_BIN:-/usr/bin/kubectl}
 CLUSTER_CONNS=6 # two HTTP/2 connections per member when spreading over three
 HEARTBEAT_MS=100
@@ -62,7 +72,7 @@ ELECTION_MS=1000
 PROBE_INTERVAL_MS=5
 COMMAND_LINE="${BENCH_DURATION:+BENCH_DURATION=$BENCH_DURATION }${BENCH_REPEAT:+BENCH_REPEAT=$BENCH_REPEAT }\
 ${BENCH_JOIN_REPEAT:+BENCH_JOIN_REPEAT=$BENCH_JOIN_REPEAT }${BENCH_FAILOVER_KILLS:+BENCH_FAILOVER_KILLS=$BENCH_FAILOVER_KILLS }\
-${BENCH_CLUSTER:+BENCH_CLUSTER=$BENCH_CLUSTER }${BENCH_API:+BENCH_API=$BENCH_API }${BENCH_ONLY:+BENCH_ONLY=$BENCH_ONLY }scripts/bench.sh"
+${BENCH_CLUSTER:+BENCH_CLUSTER=$BENCH_CLUSTER }${BENCH_API:+BENCH_API=$BENCH_API }${BENCH_SCHED:+BENCH_SCHED=$BENCH_SCHED }${BENCH_ONLY:+BENCH_ONLY=$BENCH_ONLY }scripts/bench.sh"
 export ETCDCTL_API=3
 
 die() { echo "bench.sh: $*" >&2; exit 1; }
@@ -73,16 +83,19 @@ done
 command -v python3 >/dev/null || die "python3 is needed to render the report"
 case "$ONLY" in
     "") ;;
-    etcd) API=0 ;;
-    cluster) CLUSTER=1; API=0 ;;
-    api) CLUSTER=0; API=1 ;;
-    *) die "BENCH_ONLY must be etcd, cluster or api" ;;
+    etcd) API=0; SCHED=0 ;;
+    cluster) CLUSTER=1; API=0; SCHED=0 ;;
+    api) CLUSTER=0; API=1; SCHED=0 ;;
+    sched) CLUSTER=0; API=0; SCHED=1 ;;
+    *) die "BENCH_ONLY must be etcd, cluster, api or sched" ;;
 esac
 SINGLE=1
 [ "$ONLY" = cluster ] && SINGLE=0
 [ "$ONLY" = api ] && SINGLE=0
+[ "$ONLY" = sched ] && SINGLE=0
 [ "$CLUSTER" = 0 ] || [ "$CLUSTER" = 1 ] || die "BENCH_CLUSTER must be 0 or 1"
 [ "$API" = 0 ] || [ "$API" = 1 ] || die "BENCH_API must be 0 or 1"
+[ "$SCHED" = 0 ] || [ "$SCHED" = 1 ] || die "BENCH_SCHED must be 0 or 1"
 if [ "$API" = 1 ]; then
     [ -x "$KUBECTL_BIN" ] || die "$KUBECTL_BIN not found (set KUBECTL_BIN, or BENCH_API=0)"
 fi
@@ -99,9 +112,13 @@ TUGBOATD=$TARGET_DIR/release/tugboatd
 TUGBOAT_CLI=$TARGET_DIR/release/tugboat
 LOADGEN=$TARGET_DIR/release/tugboat-loadgen
 APIBENCH=$TARGET_DIR/release/apibench
+SCHEDBENCH=$TARGET_DIR/release/schedbench
 [ -x "$LOADGEN" ] || die "$LOADGEN missing (cargo build --release -p tugboat-testsuite)"
 if [ "$API" = 1 ]; then
     [ -x "$APIBENCH" ] || die "$APIBENCH missing (cargo build --release -p tugboat-testsuite --bin apibench)"
+fi
+if [ "$SCHED" = 1 ]; then
+    [ -x "$SCHEDBENCH" ] || die "$SCHEDBENCH missing (cargo build --release -p tugboat-testsuite --bin schedbench)"
 fi
 if [ "$ONLY" != etcd ]; then
     [ -x "$TUGBOATD" ] || die "$TUGBOATD missing (cargo build --release -p tugboat-ctl)"
@@ -548,6 +565,21 @@ if [ "$API" = 1 ]; then
     echo "== API benchmark took $((SECONDS - api_started)) s" >&2
 fi
 
+# The scheduling benchmark starts its own tugboatd (TUGBOATD_BIN) and runs the
+# simulated nodes in its own process; it writes sched.json and the Markdown
+# section sched.md.
+if [ "$SCHED" = 1 ]; then
+    echo "== scheduling benchmark (schedbench)" >&2
+    sched_started=$SECONDS
+    sched_cmd="$( (env | grep '^SCHEDBENCH_' || true) | sort | tr '\n' ' ')$COMMAND_LINE"
+    TUGBOATD_BIN=$TUGBOATD "$SCHEDBENCH" --json-out "$RESULTS/sched.json" \
+        --markdown-out "$RESULTS/sched.md" --command "$sched_cmd" >"$WORK/schedbench.out" ||
+        echo "bench.sh: schedbench reported a failure" >&2
+    cat "$WORK/schedbench.out" >&2
+    [ -s "$RESULTS/sched.md" ] || die "schedbench wrote no report"
+    echo "== scheduling benchmark took $((SECONDS - sched_started)) s" >&2
+fi
+
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 ETCD_VERSION=$("$ETCD_BIN" --version 2>/dev/null | awk '/etcd Version/ { print $3 }')
 GIT_REV=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -562,6 +594,11 @@ OUT=$ROOT/docs/benchmarks.md
 OUT=${BENCH_OUT:-$OUT}
 if [ "$ONLY" = api ]; then
     cat "$RESULTS/api.md" >"$OUT"
+    [ "$OUT" = /dev/stdout ] || echo "== wrote $OUT" >&2
+    exit 0
+fi
+if [ "$ONLY" = sched ]; then
+    cat "$RESULTS/sched.md" >"$OUT"
     [ "$OUT" = /dev/stdout ] || echo "== wrote $OUT" >&2
     exit 0
 fi
@@ -826,6 +863,9 @@ doc += "\nReproduce: \`scripts/bench.sh\` (\`BENCH_DURATION\` seconds per load r
 api_md = os.path.join(res, "api.md")
 if os.path.exists(api_md):
     doc += "\n" + open(api_md).read()
+sched_md = os.path.join(res, "sched.md")
+if os.path.exists(sched_md):
+    doc += "\n" + open(sched_md).read()
 open(out, "w").write(doc)
 PY
 [ "$OUT" = /dev/stdout ] || echo "== wrote $OUT" >&2

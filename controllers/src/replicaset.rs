@@ -445,7 +445,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Rec
         }
         pending_deleted.insert(ship_name);
     }
-    let live: Vec<Ship> = claimed
+    let mut live: Vec<Ship> = claimed
         .iter()
         .filter(|s| !pending_deleted.contains(&s.name_any()))
         .cloned()
@@ -469,7 +469,11 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Rec
     } else if !rs_deleting && current > desired {
         let mut victims = live.clone();
         victims.sort_by(deletion_order);
-        for ship in victims.iter().take(current - desired) {
+        victims.truncate(current - desired);
+        // The status below counts what stays: a Deployment reading it right after a
+        // scale-down must not see the victims as still available.
+        live.retain(|s| !victims.iter().any(|v| v.metadata.uid == s.metadata.uid));
+        for ship in &victims {
             let ship_name = ship.name_any();
             delete_ship(&ships_api, ship).await?;
             tracing::info!(replicaset = %name, ship = %ship_name, "deleted surplus");
