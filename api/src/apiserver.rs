@@ -132,6 +132,7 @@ async fn bootstrap(api: Arc<ApiServer>) {
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-system"}}),
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-public"}}),
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tugboat-system"}}),
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tugboat-node-lease"}}),
     ];
     objects.extend(auth::bootstrap_policy());
     let mut backoff = Duration::from_millis(100);

@@ -198,8 +198,12 @@ async fn storage_and_watch_cache_over_real_etcd() {
     // Watch from a revision: exactly the later events, in order.
     let cache = storage.cache(ships.storage).expect("cache").clone();
     let from = all.revision;
-    let mut sub = cache.subscribe(Some(from)).expect("subscribe");
+    let mut sub = cache.subscribe(Some(from), None).expect("subscribe");
     assert!(sub.backlog.is_empty());
+    // A feed routed to node n1 only gets the events of Ships bound to n1 (before or after).
+    let mut routed = cache
+        .subscribe(Some(from), Some("n1"))
+        .expect("routed subscribe");
     let mut s00 = storage
         .get(&ships, Some("default"), "s-00")
         .await
@@ -218,6 +222,53 @@ async fn storage_and_watch_cache_over_real_etcd() {
     assert_eq!(ev.object["metadata"]["name"], "s-00");
     assert_eq!(ev.kind.as_str(), "MODIFIED");
     assert!(ev.rev > from);
+    let mut bound = ev.object.as_ref().clone();
+    bound["spec"]["nodeName"] = json!("n1");
+    let bound_rv = rv(&bound);
+    storage
+        .update(&ships, Some("default"), "s-00", bound.clone(), bound_rv)
+        .await
+        .expect("bind s-00 to n1");
+    let mut moved = storage
+        .get(&ships, Some("default"), "s-00")
+        .await
+        .expect("get")
+        .expect("exists");
+    let moved_rv = rv(&moved);
+    moved["spec"]["nodeName"] = json!("n2");
+    storage
+        .update(&ships, Some("default"), "s-00", moved, moved_rv)
+        .await
+        .expect("move s-00 to n2");
+    let mut elsewhere = storage
+        .get(&ships, Some("default"), "s-01")
+        .await
+        .expect("get")
+        .expect("exists");
+    let elsewhere_rv = rv(&elsewhere);
+    elsewhere["spec"]["nodeName"] = json!("n3");
+    storage
+        .update(&ships, Some("default"), "s-01", elsewhere, elsewhere_rv)
+        .await
+        .expect("bind s-01 to n3");
+    let mut seen = Vec::new();
+    while let Ok(Ok(ev)) = tokio::time::timeout(Duration::from_secs(2), routed.live.recv()).await {
+        seen.push((
+            ev.object["metadata"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+            ev.object["spec"]["nodeName"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+        ));
+    }
+    assert_eq!(
+        seen,
+        [("s-00".to_string(), "n1".to_string()), ("s-00".to_string(), "n2".to_string())],
+        "the n1 feed: the bind to n1 and the move away from it, nothing of s-01 or the label change"
+    );
 
     // Secondary lookups need no scan; a progress request moves the cache to etcd's revision
     // even when nothing under its prefix changed.

@@ -181,6 +181,15 @@ pub(crate) struct NodeInner {
     pub(crate) require_peer_cert: bool,
     /// Set when the other voters answered that this member was removed.
     pub(crate) removed: std::sync::atomic::AtomicBool,
+    /// Reads waiting for the next leadership confirmation (see `read_index_local`).
+    pub(crate) reads: Mutex<ReadQueue>,
+}
+
+/// Read-index requests waiting for a leadership confirmation round.
+#[derive(Default)]
+pub(crate) struct ReadQueue {
+    waiting: Vec<tokio::sync::oneshot::Sender<Result<u64, ProposeError>>>,
+    running: bool,
 }
 
 fn random_nonzero_id() -> u64 {
@@ -396,6 +405,7 @@ impl Node {
                 background: Mutex::new(Vec::new()),
                 require_peer_cert: cfg.require_peer_cert,
                 removed: std::sync::atomic::AtomicBool::new(false),
+                reads: Mutex::new(ReadQueue::default()),
             }),
         };
         let weak = Arc::downgrade(&node.inner);
@@ -428,7 +438,46 @@ impl Node {
     }
 
     /// The leader's read index: reads are linearizable once this member has applied it.
+    ///
+    /// Batched as etcd does: one leadership confirmation (a heartbeat round to the voters)
+    /// serves every read that was waiting when it started; reads arriving during a round wait
+    /// for the next one, so none is answered from a confirmation older than itself. Without
+    /// batching every read sent its own round, and under load the rounds (each with a
+    /// heartbeat-interval deadline) failed together, taking every read down with them.
     pub(crate) async fn read_index_local(&self) -> Result<u64, ProposeError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut queue = self.inner.reads.lock().unwrap_or_else(|e| e.into_inner());
+            queue.waiting.push(tx);
+            !std::mem::replace(&mut queue.running, true)
+        };
+        if start {
+            let node = self.clone();
+            tokio::spawn(async move { node.confirm_waiting_reads().await });
+        }
+        rx.await.map_err(|_| ProposeError::ShuttingDown)?
+    }
+
+    /// Runs confirmation rounds while reads are waiting.
+    async fn confirm_waiting_reads(&self) {
+        loop {
+            let batch = {
+                let mut queue = self.inner.reads.lock().unwrap_or_else(|e| e.into_inner());
+                if queue.waiting.is_empty() {
+                    queue.running = false;
+                    return;
+                }
+                std::mem::take(&mut queue.waiting)
+            };
+            let result = self.confirm_read_index().await;
+            for tx in batch {
+                let _ = tx.send(result.clone());
+            }
+        }
+    }
+
+    /// One leadership confirmation round: the read index, or why there is none.
+    async fn confirm_read_index(&self) -> Result<u64, ProposeError> {
         let span = tracing::debug_span!("raft_read_index");
         match self.inner.raft.get_read_log_id().instrument(span).await {
             Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),

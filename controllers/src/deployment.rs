@@ -366,7 +366,10 @@ pub fn scaled_value(value: Option<&IntOrString>, total: i32, round_up: bool) -> 
                 .strip_suffix('%')
                 .and_then(|d| d.parse().ok())
                 .unwrap_or(0);
-            let product = pct * i64::from(total.max(0));
+            // Spec values are client-controlled: no arithmetic here may overflow.
+            let product = pct
+                .clamp(0, 100_000)
+                .saturating_mul(i64::from(total.max(0)));
             let v = if round_up {
                 (product + 99) / 100
             } else {
@@ -534,7 +537,12 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Reco
     }
     let mut new_rs = new_rs.pop();
     old.sort_by_key(revision_of);
-    let new_revision = old.iter().map(revision_of).max().unwrap_or(0) + 1;
+    let new_revision = old
+        .iter()
+        .map(revision_of)
+        .max()
+        .unwrap_or(0)
+        .saturating_add(1);
     let paused = d.spec.paused == Some(true);
 
     if let Some(rs) = &new_rs {
@@ -805,8 +813,11 @@ async fn roll_rolling(
     new_revision: i64,
 ) -> Result<Acted, ReconcileError> {
     let (surge, max_unavailable) = surge_and_unavailable(v.d);
-    let total: i32 =
-        old.iter().map(spec_replicas).sum::<i32>() + new_rs.map(spec_replicas).unwrap_or(0);
+    let total: i32 = old
+        .iter()
+        .map(spec_replicas)
+        .fold(0i32, i32::saturating_add)
+        .saturating_add(new_rs.map(spec_replicas).unwrap_or(0));
     let old_active = old.iter().any(|rs| spec_replicas(rs) > 0);
 
     // The new ReplicaSet: created, or scaled up within maxSurge (down when over replicas).
@@ -814,8 +825,12 @@ async fn roll_rolling(
     let new_target = if !old_active || new_current > v.replicas {
         v.replicas
     } else {
-        let room = (v.replicas + surge - total).max(0);
-        new_current + room.min(v.replicas - new_current)
+        let room = v
+            .replicas
+            .saturating_add(surge)
+            .saturating_sub(total)
+            .max(0);
+        new_current.saturating_add(room.min(v.replicas.saturating_sub(new_current)))
     };
 
     match new_rs {
@@ -1036,10 +1051,10 @@ async fn finish(
     let (mut replicas, mut ready, mut available, mut spec_total) = (0, 0, 0, 0);
     for rs in all {
         let (r, rd, a) = status_of(rs);
-        replicas += r;
-        ready += rd;
-        available += a;
-        spec_total += spec_replicas(rs);
+        replicas = i32::saturating_add(replicas, r);
+        ready = i32::saturating_add(ready, rd);
+        available = i32::saturating_add(available, a);
+        spec_total = i32::saturating_add(spec_total, spec_replicas(rs));
     }
     let updated = new_rs.map(|rs| status_of(rs).0).unwrap_or(0);
     let (_, max_unavailable) = surge_and_unavailable(v.d);

@@ -39,6 +39,12 @@ pub enum LeaderError {
         #[source]
         source: kube::Error,
     },
+    /// A round did not finish within the renew deadline.
+    #[error("lease {lease}: no answer within the renew deadline")]
+    Timeout {
+        /// The Lease name.
+        lease: String,
+    },
 }
 
 /// Settings of a [`LeaderElector`].
@@ -120,6 +126,9 @@ impl LeaderElector {
     /// `Ok(false)` when someone else does or a concurrent writer won the race.
     pub async fn try_acquire_or_renew(&mut self) -> Result<bool, LeaderError> {
         let now = MicroTime(jiff::Timestamp::now());
+        // A renewal counts from when it was sent, not answered: others time the Lease from
+        // when they see the write, which may be long before a slow answer arrives.
+        let sent = Instant::now();
         let existing = match self.api.get_opt(&self.cfg.lease_name).await {
             Ok(l) => l,
             Err(e) => return Err(self.api_err(e)),
@@ -142,7 +151,7 @@ impl LeaderElector {
             };
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(_) => {
-                    self.last_renew = Some(Instant::now());
+                    self.last_renew = Some(sent);
                     Ok(true)
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
@@ -198,7 +207,7 @@ impl LeaderElector {
             .await
         {
             Ok(_) => {
-                self.last_renew = Some(Instant::now());
+                self.last_renew = Some(sent);
                 Ok(true)
             }
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
@@ -243,7 +252,21 @@ impl LeaderElector {
         mut shutdown: watch::Receiver<bool>,
     ) {
         loop {
-            let leading = match self.try_acquire_or_renew().await {
+            // A leader's round may not outlast its renew deadline: when it cannot renew in
+            // time it steps down before anyone else may take over (lease duration > deadline).
+            let budget = match self.last_renew {
+                Some(t) if *is_leader.borrow() => {
+                    self.cfg.renew_deadline.saturating_sub(t.elapsed())
+                }
+                _ => self.cfg.renew_deadline,
+            };
+            let round = tokio::time::timeout(budget, self.try_acquire_or_renew()).await;
+            let round = round.unwrap_or_else(|_| {
+                Err(LeaderError::Timeout {
+                    lease: self.cfg.lease_name.clone(),
+                })
+            });
+            let leading = match round {
                 Ok(v) => v,
                 Err(e) => {
                     tracing::warn!(error = %e, "leader election round failed");

@@ -1,7 +1,7 @@
 //! The Node lifecycle controller: notices nodes whose agent stopped renewing its Lease.
 //!
 //! Liveness is judged by this controller's own clock: for every node it records when it last
-//! saw the node's Lease (`tugboat-system/<node>`) change, never comparing the Lease's
+//! saw the node's Lease (`tugboat-node-lease/<node>`) change, never comparing the Lease's
 //! `renewTime` with the local time, so clock skew between hosts does not matter (kube's node
 //! lifecycle controller does the same). A new leadership term starts every node afresh, which
 //! only delays a verdict.
@@ -34,7 +34,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::sync::watch;
 use tugboat_api::kinds::core::{Node, Ship};
 
@@ -42,6 +42,15 @@ use tugboat_api::kinds::core::{Node, Ship};
 pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
 /// Reason of the `Ready=Unknown` condition this controller writes.
 pub const NODE_STATUS_UNKNOWN: &str = "NodeStatusUnknown";
+/// Ship condition saying its deletion waits for an unreachable node's agent.
+pub const DELETION_BLOCKED: &str = "DeletionBlocked";
+
+fn has_condition(ship: &Ship, type_: &str) -> bool {
+    ship.status
+        .as_ref()
+        .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == type_))
+}
+
 /// Reason of the `Ready=True` condition written when the Lease is renewed again.
 pub const NODE_LEASE_RENEWED: &str = "NodeLeaseRenewed";
 /// Reason given to Ships failed because their node was lost.
@@ -51,7 +60,7 @@ pub const AGENT_FINALIZER: &str = "tugboat.io/agent";
 /// Annotation allowing a Ship's local state to be dropped without its agent.
 pub const FORCE_DELETE_ANNOTATION: &str = "tugboat.io/force-delete-local-state";
 /// Namespace of the node Leases.
-pub const NODE_LEASE_NAMESPACE: &str = "tugboat-system";
+pub const NODE_LEASE_NAMESPACE: &str = "tugboat-node-lease";
 
 /// Errors of one pass over a node.
 #[derive(Debug, thiserror::Error)]
@@ -317,6 +326,17 @@ impl NodeLifecycleController {
         }) {
             self.release_finalizer(ship).await?;
         }
+        // Other deletions wait for the agent; say so on the Ship, with the way out.
+        for ship in ships.iter().filter(|s| {
+            s.metadata.deletion_timestamp.is_some()
+                && s.finalizers().iter().any(|f| f == AGENT_FINALIZER)
+                && s.annotations()
+                    .get(FORCE_DELETE_ANNOTATION)
+                    .is_none_or(|v| v != "true")
+                && !has_condition(s, DELETION_BLOCKED)
+        }) {
+            self.mark_deletion_blocked(ship, name).await?;
+        }
         if let Some(node) = node {
             self.mark_unreachable(node).await?;
         }
@@ -480,6 +500,53 @@ impl NodeLifecycleController {
             }
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
             Err(e) => Err(api_err(format!("failing ship {ns}/{name}"))(e)),
+        }
+    }
+
+    /// Records on a terminating Ship that its node cannot delete the VM now.
+    async fn mark_deletion_blocked(
+        &self,
+        ship: &Ship,
+        node: &str,
+    ) -> Result<(), NodeLifecycleError> {
+        let ns = ship.namespace().unwrap_or_default();
+        let name = ship.name_any();
+        let api: Api<Ship> = Api::namespaced(self.client.clone(), &ns);
+        let mut conditions: Vec<Value> = ship
+            .status
+            .as_ref()
+            .map(|s| {
+                s.conditions
+                    .iter()
+                    .filter_map(|c| serde_json::to_value(c).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        conditions.push(json!({
+            "type": DELETION_BLOCKED,
+            "status": "True",
+            "reason": "NodeUnreachable",
+            "message": format!(
+                "node {node} is unreachable; the Ship goes away once its agent has deleted the VM. \
+                 To remove it now and leave the VM's local state behind, annotate it \
+                 {FORCE_DELETE_ANNOTATION}=true"
+            ),
+            "lastTransitionTime": jiff::Timestamp::now().to_string(),
+        }));
+        let patch = json!({
+            "metadata": {"resourceVersion": ship.meta().resource_version},
+            "status": {"conditions": conditions},
+        });
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Gone, or changed meanwhile (the next pass looks again).
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+            Err(e) => Err(api_err(format!(
+                "marking ship {ns}/{name} deletion-blocked"
+            ))(e)),
         }
     }
 

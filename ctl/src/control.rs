@@ -173,30 +173,10 @@ pub async fn run_control_plane(
     )
     .spawn();
 
-    let scheduler = Scheduler::new(
-        client.clone(),
-        SchedulerConfig {
-            instance: identity.clone(),
-            ..SchedulerConfig::default()
-        },
-    );
-    let mut loops = tokio::task::JoinSet::new();
-    loops.spawn(scheduler.run(scheduler_election.is_leader.clone()));
-    let manager = manager_election.is_leader.clone();
-    loops.spawn(
-        ReplicaSetController::new(client.clone(), ReplicaSetConfig::default()).run(manager.clone()),
-    );
-    loops.spawn(
-        DeploymentController::new(client.clone(), DeploymentConfig::default()).run(manager.clone()),
-    );
-    loops.spawn(FleetController::new(client.clone(), FleetConfig::default()).run(manager.clone()));
-    loops.spawn(
-        NamespaceController::new(client.clone(), NamespaceConfig::default()).run(manager.clone()),
-    );
-    loops.spawn(
-        NetworkClassStatusController::new(client.clone(), NetworkClassConfig::default())
-            .run(manager.clone()),
-    );
+    let scheduler_cfg = SchedulerConfig {
+        instance: identity.clone(),
+        ..SchedulerConfig::default()
+    };
     let lifecycle = NodeLifecycleConfig {
         grace: Duration::from_secs(args.node_monitor_grace_period),
         ship_eviction_timeout: Duration::from_secs(args.ship_eviction_timeout),
@@ -204,8 +184,46 @@ pub async fn run_control_plane(
         monitor_period: Duration::from_secs(args.node_monitor_grace_period.div_ceil(4).clamp(1, 5)),
         ..NodeLifecycleConfig::default()
     };
-    loops.spawn(NodeLifecycleController::new(client.clone(), lifecycle).run(manager.clone()));
-    loops.spawn(GarbageCollector::new(client.clone(), GcConfig::default()).run(manager));
+    let mut loops = tokio::task::JoinSet::new();
+    let (c, sched) = (client.clone(), scheduler_election.is_leader.clone());
+    supervise(&mut loops, "scheduler", &stop, move || {
+        Scheduler::new(c.clone(), scheduler_cfg.clone()).run(sched.clone())
+    });
+    let manager = manager_election.is_leader.clone();
+    let (c, m) = (client.clone(), manager.clone());
+    supervise(&mut loops, "replicaset controller", &stop, move || {
+        ReplicaSetController::new(c.clone(), ReplicaSetConfig::default()).run(m.clone())
+    });
+    let (c, m) = (client.clone(), manager.clone());
+    supervise(&mut loops, "deployment controller", &stop, move || {
+        DeploymentController::new(c.clone(), DeploymentConfig::default()).run(m.clone())
+    });
+    let (c, m) = (client.clone(), manager.clone());
+    supervise(&mut loops, "fleet controller", &stop, move || {
+        FleetController::new(c.clone(), FleetConfig::default()).run(m.clone())
+    });
+    let (c, m) = (client.clone(), manager.clone());
+    supervise(&mut loops, "namespace controller", &stop, move || {
+        NamespaceController::new(c.clone(), NamespaceConfig::default()).run(m.clone())
+    });
+    let (c, m) = (client.clone(), manager.clone());
+    supervise(
+        &mut loops,
+        "networkclass status controller",
+        &stop,
+        move || {
+            NetworkClassStatusController::new(c.clone(), NetworkClassConfig::default())
+                .run(m.clone())
+        },
+    );
+    let (c, m) = (client.clone(), manager.clone());
+    supervise(&mut loops, "node lifecycle controller", &stop, move || {
+        NodeLifecycleController::new(c.clone(), lifecycle.clone()).run(m.clone())
+    });
+    let (c, m) = (client.clone(), manager);
+    supervise(&mut loops, "garbage collector", &stop, move || {
+        GarbageCollector::new(c.clone(), GcConfig::default()).run(m.clone())
+    });
     tracing::info!(%identity, "scheduler and controller-manager campaigning");
 
     let _ = stop.wait_for(|s| *s).await;
@@ -214,6 +232,47 @@ pub async fn run_control_plane(
     manager_election.stop().await;
     loops.shutdown().await;
     Ok(())
+}
+
+/// Runs the loop `make` builds until `stop`; a loop that ends or panics before then is logged
+/// and started again (after 1 s, doubling to a minute), so one bad object cannot silently
+/// switch a controller off for the whole cluster while this member keeps its Lease.
+fn supervise<F, Fut>(
+    loops: &mut tokio::task::JoinSet<()>,
+    name: &'static str,
+    stop: &watch::Receiver<bool>,
+    make: F,
+) where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut stop = stop.clone();
+    loops.spawn(async move {
+        let mut delay = Duration::from_secs(1);
+        loop {
+            let mut run = tokio::spawn(make());
+            let ended = tokio::select! {
+                ended = &mut run => ended,
+                _ = stop.wait_for(|s| *s) => {
+                    run.abort();
+                    return;
+                }
+            };
+            if *stop.borrow() {
+                return;
+            }
+            if matches!(&ended, Err(e) if e.is_panic()) {
+                tracing::error!(component = name, retry_in = ?delay, "panicked; restarting");
+            } else {
+                tracing::error!(component = name, retry_in = ?delay, "stopped; restarting");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            delay = (delay * 2).min(Duration::from_secs(60));
+        }
+    });
 }
 
 /// The node agent's settings from the flags.

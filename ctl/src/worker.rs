@@ -112,6 +112,10 @@ pub async fn run(args: &RunArgs, name: &str, state: JoinState) -> anyhow::Result
 const API_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// Failed probes in a row after which the agent moves to another apiserver.
 const API_PROBE_FAILURES: u32 = 3;
+/// Longest wait between attempts to start the agent (doubling from 0.5 s).
+const MAX_RETRY: Duration = Duration::from_secs(30);
+/// How long one probe may take.
+const API_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The apiserver URLs members published in the store.
 async fn api_endpoints(channel: Channel) -> anyhow::Result<Vec<String>> {
@@ -175,6 +179,7 @@ async fn agent_loop(args: &RunArgs, name: &str, client_urls: &[String]) {
         .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
     let config = crate::control::agent_config(&args.control, name, ip.to_string());
     let mut next = 0usize;
+    let mut backoff = Duration::from_millis(500);
     loop {
         let endpoints = match member_channel(&args.data_dir, client_urls).await {
             Ok(channel) => api_endpoints(channel).await,
@@ -199,7 +204,8 @@ async fn agent_loop(args: &RunArgs, name: &str, client_urls: &[String]) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(%server, error = %format!("{e:#}"), "apiserver client");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_RETRY);
                 continue;
             }
         };
@@ -212,20 +218,32 @@ async fn agent_loop(args: &RunArgs, name: &str, client_urls: &[String]) {
         {
             Ok(a) => a,
             Err(e) => {
-                tracing::warn!(%server, error = %e, "node agent could not start");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tracing::warn!(%server, error = %e, retry_in = ?backoff, "node agent could not start");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_RETRY);
                 continue;
             }
         };
         tracing::info!(%server, node = %name, "node agent running");
+        backoff = Duration::from_millis(500);
+        // The probe reads this node's own Node: a linearizable read, so an apiserver whose
+        // member lost the store's quorum fails it (its /version would still answer), and the
+        // agent moves before the grace period runs out and its Ships are declared lost.
+        let nodes: kube::Api<kube::api::DynamicObject> =
+            kube::Api::all_with(client.clone(), &tugboat_nodeagent::agent::node_resource());
         let mut failures = 0;
         while failures < API_PROBE_FAILURES {
             tokio::time::sleep(API_PROBE_INTERVAL).await;
-            match client.apiserver_version().await {
-                Ok(_) => failures = 0,
-                Err(e) => {
+            let probe = tokio::time::timeout(API_PROBE_TIMEOUT, nodes.get(name)).await;
+            match probe {
+                Ok(Ok(_)) => failures = 0,
+                Ok(Err(e)) => {
                     failures += 1;
                     tracing::warn!(%server, error = %e, failures, "apiserver probe failed");
+                }
+                Err(_) => {
+                    failures += 1;
+                    tracing::warn!(%server, failures, "apiserver probe timed out");
                 }
             }
         }

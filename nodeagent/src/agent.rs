@@ -23,8 +23,9 @@ pub const FINALIZER: &str = "tugboat.io/agent";
 /// Annotation that makes the agent drop a Ship's VM and local state without a graceful stop
 /// and without failing on runtime errors.
 pub const FORCE_DELETE_ANNOTATION: &str = "tugboat.io/force-delete-local-state";
-/// Namespace of the node Leases (bootstrapped by the apiserver).
-pub const LEASE_NAMESPACE: &str = "tugboat-system";
+/// Namespace of node heartbeat Leases (apart from the control plane's Leases, so no node name can
+/// take one of those over); the apiserver creates it at bootstrap.
+pub const LEASE_NAMESPACE: &str = "tugboat-node-lease";
 /// Label carrying the node's runtime class.
 pub const RUNTIME_CLASS_LABEL: &str = "tugboat.io/runtime-class";
 
@@ -742,10 +743,39 @@ async fn report<R: Runtime>(
     reason: Option<String>,
 ) -> Result<(), AgentError> {
     let mut want = Map::new();
-    want.insert(
-        "phase".into(),
-        json!(phase_for(strategy, vm.map(|v| v.state))),
-    );
+    let phase = phase_for(strategy, vm.map(|v| v.state));
+    want.insert("phase".into(), json!(phase));
+    let current = obj.data.get("status");
+    // A `Ready` condition (what ReplicaSets count, with minReadySeconds, as available): true
+    // while Running. Its transition time moves only when its status does; other components'
+    // conditions are kept.
+    let ready = if phase == "Running" { "True" } else { "False" };
+    let conditions: Vec<Value> = current
+        .and_then(|c| c.get("conditions"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let unchanged = conditions
+        .iter()
+        .any(|c| c.get("type") == Some(&json!("Ready")) && c.get("status") == Some(&json!(ready)));
+    if !unchanged {
+        let mut next: Vec<Value> = conditions
+            .into_iter()
+            .filter(|c| c.get("type") != Some(&json!("Ready")))
+            .collect();
+        next.push(json!({
+            "type": "Ready",
+            "status": ready,
+            "reason": if ready == "True" { "VmRunning" } else { "VmNotRunning" },
+            "lastTransitionTime": now_time(),
+        }));
+        want.insert("conditions".into(), json!(next));
+    }
+    if phase == "Running" {
+        // What another component said about a Ship that was not running (e.g. NodeLost) no
+        // longer holds.
+        want.insert("message".into(), Value::Null);
+    }
     want.insert("nodeName".into(), json!(ctx.config.node_name));
     want.insert("hostIP".into(), json!(ctx.config.internal_ip));
     want.insert(
@@ -768,7 +798,6 @@ async fn report<R: Runtime>(
     if let Some(g) = obj.metadata.generation {
         want.insert("observedGeneration".into(), json!(g));
     }
-    let current = obj.data.get("status");
     let diff: Map<String, Value> = want
         .into_iter()
         .filter(|(k, v)| !same(current.and_then(|c| c.get(k)), v))

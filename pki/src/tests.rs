@@ -129,7 +129,7 @@ fn ca_and_leaf_contents() {
 
     let server_der = read_cert_der(&paths.server_cert).unwrap();
     let server = parse_x509(&server_der).unwrap();
-    assert_eq!(server.subject().to_string(), "CN=node-1");
+    assert_eq!(server.subject().to_string(), "CN=node-1, O=system:nodes");
     let eku = server.extended_key_usage().unwrap().unwrap().value;
     assert!(eku.server_auth && !eku.client_auth);
     let names = cert_alt_names(&paths.server_cert, &server).unwrap();
@@ -383,7 +383,7 @@ fn csr_signing_round_trip() {
     let cert_pem = sign_node_csr(&paths, &csr.csr_pem, &joiner()).unwrap();
     let cert_der = cert_der_from_pem(cert_pem.as_bytes()).unwrap();
     let cert = parse_x509(&cert_der).unwrap();
-    assert_eq!(cert.subject().to_string(), "CN=node-2");
+    assert_eq!(cert.subject().to_string(), "CN=node-2, O=system:nodes");
     assert!(!cert.is_ca());
     let key = KeyPair::from_pem(&csr.key_pem).unwrap();
     assert!(key_matches(&key, &cert));

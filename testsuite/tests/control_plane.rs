@@ -199,7 +199,7 @@ fn running(ships: &[ShipView]) -> Vec<&ShipView> {
         .collect()
 }
 
-fn owned_by_prefix<'a>(ships: &'a [ShipView], prefix: &str) -> Vec<ShipView> {
+fn owned_by_prefix(ships: &[ShipView], prefix: &str) -> Vec<ShipView> {
     ships
         .iter()
         .filter(|s| s.owner.starts_with(prefix))
@@ -535,6 +535,41 @@ fn dead_nodes_and_dead_leaders_are_replaced() {
         );
     }
 
+    // The stale Ships wait for their node's agent and say so; the escape hatch drops one.
+    if let Some(first_stale) = stale.first() {
+        wait_until(
+            "a DeletionBlocked condition on a stale Ship",
+            DEADLINE,
+            || {
+                let v = json(&k0, &["get", "ship", &first_stale.name])?;
+                let blocked = v
+                    .pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .is_some_and(|cs| cs.iter().any(|c| s(c, "/type") == "DeletionBlocked"));
+                if blocked && v.pointer("/metadata/deletionTimestamp").is_some() {
+                    Ok(())
+                } else {
+                    Err(v.to_string())
+                }
+            },
+        );
+        k0.ok(&[
+            "annotate",
+            "ship",
+            &first_stale.name,
+            "tugboat.io/force-delete-local-state=true",
+        ])
+        .expect("force delete");
+        wait_until("the force-deleted Ship gone", DEADLINE, || {
+            let left = ships(&k0, "app=web")?;
+            if left.iter().any(|s| s.uid == first_stale.uid) {
+                Err(format!("{left:?}"))
+            } else {
+                Ok(())
+            }
+        });
+    }
+
     // The node comes back: its stale Ships go away, the replacements stay as they are.
     cluster.nodes[vi].restart().expect("restart the dead node");
     wait_until("the node Ready again, untainted", DEADLINE, || {
@@ -718,6 +753,29 @@ fn a_worker_runs_its_ships_and_touches_nothing_else() {
         vec!["get", "secrets", "-A"],
         vec!["delete", "ship", "on-worker"],
         vec!["label", "namespace", "default", "x=y"],
+        vec![
+            "patch",
+            "ship",
+            "on-worker",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"nodeName":"a"}}"#,
+        ],
+        vec!["label", "ship", "on-worker", "stolen=yes"],
+        vec!["taint", "node", "w", "k=v:NoSchedule"],
+        vec![
+            "label",
+            "node",
+            "w",
+            "node-restriction.tugboat.io/trusted=yes",
+        ],
+        vec![
+            "get",
+            "lease",
+            "tugboat-controller-manager",
+            "-n",
+            "tugboat-system",
+        ],
     ] {
         let out = as_node
             .fail(&args)

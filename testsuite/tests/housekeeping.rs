@@ -469,7 +469,7 @@ fn node_lifecycle_follows_the_lease() {
 
         const NODE: &str = "worker-1";
         let nodes: Api<Node> = Api::all(client.clone());
-        let leases: Api<Lease> = Api::namespaced(client.clone(), "tugboat-system");
+        let leases: Api<Lease> = Api::namespaced(client.clone(), "tugboat-node-lease");
         let ships: Api<Ship> = Api::namespaced(client.clone(), "default");
         let mut n = Node::default();
         n.metadata.name = Some(NODE.into());

@@ -18,7 +18,7 @@ pub const NODES_GROUP: &str = "system:nodes";
 /// User name prefix of node identities.
 pub const NODE_USER_PREFIX: &str = "system:node:";
 /// Namespace of node heartbeat Leases.
-pub const NODE_LEASE_NAMESPACE: &str = "tugboat-system";
+pub const NODE_LEASE_NAMESPACE: &str = "tugboat-node-lease";
 
 /// The node `user` speaks for, if it is a node identity.
 pub fn node_name(user: &UserInfo) -> Option<&str> {
@@ -73,7 +73,7 @@ pub fn authorize(user: &UserInfo, attrs: &Attributes, field_selector: &str) -> O
             }
             deny(
                 node,
-                "may only use its own Lease in namespace tugboat-system",
+                "may only use its own Lease in namespace tugboat-node-lease",
             )
         }
         ("", "ships") => match verb {
@@ -172,8 +172,107 @@ pub fn admit_bound_ship(user: &UserInfo, current: &Value) -> Result<(), ApiError
     })
 }
 
+/// Checks a write by a node against the object it replaces (`current`, read in the same
+/// attempt as the write): a Ship must be bound to the node before and after and keep its spec,
+/// labels, annotations and owners (the node writes status and its finalizer); the node's own
+/// Node keeps its taints, its cordon and the labels reserved for administrators.
+pub fn admit_write(
+    user: &UserInfo,
+    resource: &str,
+    current: &Value,
+    new: &Value,
+) -> Result<(), ApiError> {
+    let Some(node) = node_name(user) else {
+        return Ok(());
+    };
+    let changed = |ptr: &str| current.pointer(ptr) != new.pointer(ptr);
+    let refuse = |what: &str| {
+        let name = current
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        Err(ApiError::Forbidden {
+            message: format!(
+                "{resource} \"{name}\" is forbidden: node \"{node}\" may not change {what}"
+            ),
+            name: name.to_string(),
+            group: String::new(),
+            kind: resource.to_string(),
+        })
+    };
+    match resource {
+        "ships" => {
+            admit_bound_ship(user, current)?;
+            for (ptr, what) in [
+                ("/spec", "a Ship's spec"),
+                ("/metadata/labels", "a Ship's labels"),
+                ("/metadata/annotations", "a Ship's annotations"),
+                ("/metadata/ownerReferences", "a Ship's owners"),
+            ] {
+                if changed(ptr) {
+                    return refuse(what);
+                }
+            }
+            Ok(())
+        }
+        "nodes" => {
+            if changed("/spec/taints") {
+                return refuse("its taints");
+            }
+            if changed("/spec/unschedulable") {
+                return refuse("whether it is cordoned");
+            }
+            let reserved = |v: &Value| -> Vec<(String, Value)> {
+                v.pointer("/metadata/labels")
+                    .and_then(Value::as_object)
+                    .map(|m| {
+                        m.iter()
+                            .filter(|(k, _)| k.starts_with(RESERVED_LABEL_PREFIX))
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            if reserved(current) != reserved(new) {
+                return refuse(&format!("labels under {RESERVED_LABEL_PREFIX}"));
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Node labels only administrators set (nodes cannot claim them to attract Ships).
+pub const RESERVED_LABEL_PREFIX: &str = "node-restriction.tugboat.io/";
+
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn a_node_writes_only_status_and_finalizers_of_its_ships_and_not_its_taints() {
+        let n1 = node_user("n1");
+        let ship = |node: &str| json!({"metadata": {"name": "s"}, "spec": {"nodeName": node}});
+        let mut status_only = ship("n1");
+        status_only["status"] = json!({"phase": "Running"});
+        status_only["metadata"]["finalizers"] = json!(["tugboat.io/agent"]);
+        assert!(admit_write(&n1, "ships", &ship("n1"), &status_only).is_ok());
+        assert!(
+            admit_write(&n1, "ships", &ship("n1"), &ship("n2")).is_err(),
+            "rebinding"
+        );
+        assert!(
+            admit_write(&n1, "ships", &ship("n2"), &ship("n2")).is_err(),
+            "foreign Ship"
+        );
+        let node = |labels: Value, taints: Value| json!({"metadata": {"name": "n1", "labels": labels}, "spec": {"taints": taints}});
+        let base = node(json!({"a": "1"}), json!([]));
+        assert!(admit_write(&n1, "nodes", &base, &node(json!({"a": "2"}), json!([]))).is_ok());
+        assert!(admit_write(&n1, "nodes", &base, &node(json!({"a": "1"}), Value::Null)).is_err());
+        let claimed = json!({"a": "1", "node-restriction.tugboat.io/secure": "x"});
+        assert!(admit_write(&n1, "nodes", &base, &node(claimed, json!([]))).is_err());
+    }
+
     use super::*;
 
     fn node_user(name: &str) -> UserInfo {
@@ -221,7 +320,7 @@ mod tests {
         );
         let lease = |verb, ns, name| attrs(verb, "coordination.k8s.io", "leases", ns, name);
         assert_eq!(
-            allowed(&n1, &lease("update", "tugboat-system", "n1"), ""),
+            allowed(&n1, &lease("update", "tugboat-node-lease", "n1"), ""),
             Some(true)
         );
         assert_eq!(

@@ -110,10 +110,7 @@ pub async fn resource(
     q: &Query,
     body: Body,
 ) -> Result<Response, ApiError> {
-    if r.def.plural == "ships"
-        && matches!(r.verb, "get" | "update" | "patch")
-        && crate::auth::node::node_name(user).is_some()
-    {
+    if r.def.plural == "ships" && r.verb == "get" && crate::auth::node::node_name(user).is_some() {
         let (cur, _) = current(api, &r.def, ns(&r), name(&r)?).await?;
         crate::auth::node::admit_bound_ship(user, &cur)?;
     }
@@ -125,8 +122,8 @@ pub async fn resource(
         ("create", "token") => token(api, &r, headers, body).await,
         ("create", "") => create(api, user, &r, headers, q, body).await,
         ("update", "scale") | ("patch", "scale") => write_scale(api, &r, headers, q, body).await,
-        ("update", _) => update(api, &r, headers, q, body).await,
-        ("patch", _) => patch(api, &r, headers, q, body).await,
+        ("update", _) => update(api, user, &r, headers, q, body).await,
+        ("patch", _) => patch(api, user, &r, headers, q, body).await,
         ("delete", "") => delete(api, &r, q, body).await,
         ("deletecollection", "") => delete_collection(api, &r, q, body).await,
         _ => Err(ApiError::MethodNotAllowed(format!(
@@ -334,6 +331,7 @@ async fn watch(
         table: table::wants_table(headers).then(|| IncludeObject::parse(q.get("includeObject"))),
         filter,
         range: (prefix, end),
+        route: routed_node(&r.def, q),
     };
     let body = watch_body(cache, r.def.clone(), p).await?;
     let mut resp = Response::new(body);
@@ -346,6 +344,21 @@ async fn watch(
         http::HeaderValue::from_static("no-cache, private"),
     );
     Ok(resp)
+}
+
+/// The node a Ship watch's field selector pins (`spec.nodeName=<n>`, alone or with other
+/// terms), so the watch cache can wake it only for that node's Ships.
+fn routed_node(def: &ResourceDef, q: &Query) -> Option<String> {
+    if def.plural != "ships" {
+        return None;
+    }
+    q.get("fieldSelector")?.split(',').find_map(|term| {
+        let term = term.trim();
+        term.strip_prefix("spec.nodeName==")
+            .or_else(|| term.strip_prefix("spec.nodeName="))
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    })
 }
 
 /// The stored object and its resourceVersion, read linearizably; 404 when missing. Every
@@ -655,6 +668,7 @@ async fn create_admitted(
 
 async fn update(
     api: &Arc<ApiServer>,
+    user: &UserInfo,
     r: &ResourceRequest,
     headers: &HeaderMap,
     q: &Query,
@@ -688,6 +702,7 @@ async fn update(
             Some(&name),
             true,
         )?;
+        crate::auth::node::admit_write(user, r.def.plural, &cur, &new)?;
         match store_update(api, &r.def, ns(r), &name, &cur, new, cur_rv, opts.dry_run).await {
             Ok(v) => return Ok(json_response(StatusCode::OK, &v, &warnings)),
             Err(ApiError::Conflict { .. }) if wanted_rv.is_none() => continue,
@@ -778,6 +793,7 @@ async fn store_update(
 
 async fn patch(
     api: &Arc<ApiServer>,
+    user: &UserInfo,
     r: &ResourceRequest,
     headers: &HeaderMap,
     q: &Query,
@@ -879,6 +895,7 @@ async fn patch(
             Some(&name),
             record,
         )?;
+        crate::auth::node::admit_write(user, r.def.plural, &cur, &new)?;
         match store_update(api, &r.def, ns(r), &name, &cur, new, cur_rv, opts.dry_run).await {
             Ok(v) => return Ok(json_response(StatusCode::OK, &v, &warnings)),
             Err(ApiError::Conflict { .. }) => continue,
@@ -1154,7 +1171,7 @@ async fn delete_one(
             fins.push("foregroundDeletion".into());
         }
         if opts.propagation.as_deref() == Some("Orphan") {
-            orphan_dependents(api, &cur).await;
+            orphan_dependents(api, &cur).await?;
         }
         if is_namespace || !fins.is_empty() {
             if meta::is_terminating(&cur) && meta::finalizers(&cur) == fins && !is_namespace {
@@ -1240,27 +1257,45 @@ fn has_dependents(api: &ApiServer, obj: &Value) -> bool {
 }
 
 /// Removes the owner's uid from its dependents' ownerReferences.
-async fn orphan_dependents(api: &Arc<ApiServer>, owner: &Value) {
+async fn orphan_dependents(api: &Arc<ApiServer>, owner: &Value) -> Result<(), ApiError> {
     let uid = meta::meta_str(owner, "uid").unwrap_or("").to_string();
     for (def, dep) in dependents(api, &uid) {
-        let mut new = dep.as_ref().clone();
-        if let Some(refs) = new
-            .pointer_mut("/metadata/ownerReferences")
-            .and_then(Value::as_array_mut)
-        {
-            refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(uid.as_str()));
-        }
-        let rv = meta::resource_version(&dep).ok().flatten().unwrap_or(0);
         let ns = meta::meta_str(&dep, "namespace").map(str::to_string);
         let name = meta::name_of(&dep).to_string();
-        if let Err(e) = api
-            .storage
-            .update(&def, ns.as_deref(), &name, new, rv)
-            .await
-        {
-            tracing::warn!(error = %e, name, "orphaning a dependent failed");
+        // The cached copy may be stale, and agents update dependents' status often: on a
+        // conflict, read the dependent again and retry. The owner is deleted only once every
+        // dependent let go of it; otherwise the garbage collector would find them ownerless
+        // and delete what the client asked to keep.
+        let mut dep = dep.as_ref().clone();
+        let mut attempts = 0;
+        loop {
+            let mut new = dep.clone();
+            if let Some(refs) = new
+                .pointer_mut("/metadata/ownerReferences")
+                .and_then(Value::as_array_mut)
+            {
+                refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(uid.as_str()));
+            }
+            let rv = meta::resource_version(&dep)?.unwrap_or(0);
+            match api
+                .storage
+                .update(&def, ns.as_deref(), &name, new, rv)
+                .await
+            {
+                Ok(_) => break,
+                Err(ApiError::NotFound { .. }) => break,
+                Err(ApiError::Conflict { .. }) if attempts < WRITE_ATTEMPTS => {
+                    attempts += 1;
+                    match api.storage.get(&def, ns.as_deref(), &name).await? {
+                        Some(fresh) => dep = fresh,
+                        None => break,
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
+    Ok(())
 }
 
 /// Deletes every dependent of `uid` (background propagation).

@@ -30,6 +30,9 @@ pub struct WatchParams {
     pub filter: Filter,
     /// Key range of the watched namespace (or all).
     pub range: (String, String),
+    /// The value of the cache's route field the field selector pins, if any (a node agent's
+    /// `spec.nodeName=<node>`): only events touching it wake this watch.
+    pub route: Option<String>,
 }
 
 /// A watch body holding just one ERROR event.
@@ -52,7 +55,7 @@ pub async fn watch_body(
             if rv > cache.revision() {
                 cache.wait_for(rv, Duration::from_secs(5)).await?;
             }
-            match cache.subscribe(Some(rv)) {
+            match cache.subscribe(Some(rv), p.route.as_deref()) {
                 Ok(sub) => (Vec::new(), sub),
                 // Clients re-list on an ERROR event carrying 410, not on an HTTP 410.
                 Err(e @ ApiError::Expired(_)) => return Ok(error_body(&e)),
@@ -60,7 +63,8 @@ pub async fn watch_body(
             }
         }
         _ => {
-            let (objs, sub) = cache.subscribe_with_snapshot(&p.range.0, &p.range.1)?;
+            let (objs, sub) =
+                cache.subscribe_with_snapshot(&p.range.0, &p.range.1, p.route.as_deref())?;
             (objs, sub)
         }
     };
@@ -193,9 +197,12 @@ async fn run(
     let mut bookmark_tick = tokio::time::interval(BOOKMARK_EVERY);
     bookmark_tick.tick().await;
     let mut bookmarked = last;
+    // One timer for the whole watch (a fresh one per event would be re-registered every time).
+    let expiry = tokio::time::sleep_until(deadline);
+    tokio::pin!(expiry);
     loop {
         tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => return,
+            _ = &mut expiry => return,
             _ = s.tx.closed() => return,
             _ = bookmark_tick.tick(), if p.bookmarks => {
                 let rev = cache.revision().max(last);

@@ -19,6 +19,12 @@ use tugboat_store::pb::mvccpb::{event::EventType as EtcdEventType, KeyValue};
 pub const EVENT_WINDOW: usize = 20_000;
 /// Live events buffered per watcher before it counts as lagging.
 const FANOUT_CAPACITY: usize = 4096;
+/// Capacity of a routed feed (one node's Ships): a node sees few events at a time, and one
+/// that falls behind catches up from the window like any watcher.
+const ROUTED_CAPACITY: usize = 256;
+/// The field watchers may be routed by: Ships bound to one node (every node agent watches
+/// exactly that, so one change wakes one agent's watch, not all of them).
+pub const ROUTE_FIELD: &str = "/spec/nodeName";
 /// Keys listed per page when (re)filling the cache.
 const LIST_PAGE: i64 = 2000;
 
@@ -124,6 +130,8 @@ pub struct WatchCache {
     prefix: String,
     state: RwLock<State>,
     fanout: Mutex<broadcast::Sender<Arc<CacheEvent>>>,
+    /// Feeds of the events touching one value of [`ROUTE_FIELD`] (before or after the change).
+    routes: Mutex<HashMap<String, broadcast::Sender<Arc<CacheEvent>>>>,
     rev_tx: watch::Sender<i64>,
     progress: Mutex<Option<crate::kv::WatchHandle>>,
     index_fns: Vec<(&'static str, IndexFn)>,
@@ -159,6 +167,7 @@ impl WatchCache {
             prefix: format!("/registry/{storage}/"),
             state: RwLock::new(State::default()),
             fanout: Mutex::new(fanout),
+            routes: Mutex::new(HashMap::new()),
             rev_tx,
             progress: Mutex::new(None),
             index_fns,
@@ -237,6 +246,9 @@ impl WatchCache {
                 let (fresh, _) = broadcast::channel(FANOUT_CAPACITY);
                 if let Ok(mut f) = self.fanout.lock() {
                     *f = fresh;
+                }
+                if let Ok(mut r) = self.routes.lock() {
+                    r.clear();
                 }
             }
         }
@@ -361,6 +373,29 @@ impl WatchCache {
                     st.window_start = old.rev;
                 }
             }
+            if let Ok(mut routes) = self.routes.lock() {
+                if !routes.is_empty() {
+                    let now = event.object.pointer(ROUTE_FIELD).and_then(Value::as_str);
+                    let before = event
+                        .prev
+                        .as_deref()
+                        .and_then(|p| p.pointer(ROUTE_FIELD))
+                        .and_then(Value::as_str);
+                    for value in [now, before.filter(|b| Some(*b) != now)]
+                        .into_iter()
+                        .flatten()
+                    {
+                        let gone = match routes.get(value) {
+                            Some(tx) => tx.send(event.clone()).is_err(),
+                            None => false,
+                        };
+                        if gone {
+                            // Its last watcher left.
+                            routes.remove(value);
+                        }
+                    }
+                }
+            }
             let _ = fanout.send(event);
         }
         st.rev = last_rev;
@@ -441,16 +476,18 @@ impl WatchCache {
 
     /// Subscribes from `rev`: events with revision > `rev` from the window, then live ones.
     /// `None` = from now (the caller sends the current objects itself, from `snapshot`).
-    pub fn subscribe(&self, rev: Option<i64>) -> Result<Subscription, ApiError> {
+    /// `route`: only events whose object has (or had) this [`ROUTE_FIELD`] value are delivered
+    /// live (the backlog is not narrowed; watchers filter anyway).
+    pub fn subscribe(
+        &self,
+        rev: Option<i64>,
+        route: Option<&str>,
+    ) -> Result<Subscription, ApiError> {
         let st = self
             .state
             .read()
             .map_err(|_| ApiError::Internal("watch cache lock poisoned".into()))?;
-        let live = self
-            .fanout
-            .lock()
-            .map_err(|_| ApiError::Internal("watch cache lock poisoned".into()))?
-            .subscribe();
+        let live = self.live_feed(route)?;
         let from = rev.unwrap_or(st.rev);
         if from < st.window_start {
             return Err(ApiError::Expired(format!(
@@ -472,16 +509,13 @@ impl WatchCache {
         &self,
         from: &str,
         to: &str,
+        route: Option<&str>,
     ) -> Result<(Vec<Arc<Value>>, Subscription), ApiError> {
         let st = self
             .state
             .read()
             .map_err(|_| ApiError::Internal("watch cache lock poisoned".into()))?;
-        let live = self
-            .fanout
-            .lock()
-            .map_err(|_| ApiError::Internal("watch cache lock poisoned".into()))?
-            .subscribe();
+        let live = self.live_feed(route)?;
         let objects = st
             .objects
             .range(from.to_string()..to.to_string())
@@ -495,6 +529,25 @@ impl WatchCache {
                 from: st.rev,
             },
         ))
+    }
+
+    /// The live feed: every event, or the routed one for `route`. Called with the state lock
+    /// held, so no event falls between the snapshot or backlog and the feed.
+    fn live_feed(
+        &self,
+        route: Option<&str>,
+    ) -> Result<broadcast::Receiver<Arc<CacheEvent>>, ApiError> {
+        let poisoned = || ApiError::Internal("watch cache lock poisoned".into());
+        match route {
+            None => Ok(self.fanout.lock().map_err(|_| poisoned())?.subscribe()),
+            Some(value) => {
+                let mut routes = self.routes.lock().map_err(|_| poisoned())?;
+                Ok(routes
+                    .entry(value.to_string())
+                    .or_insert_with(|| broadcast::channel(ROUTED_CAPACITY).0)
+                    .subscribe())
+            }
+        }
     }
 
     /// After a watcher lagged: the events after `rev` still in the window.

@@ -1349,8 +1349,16 @@ impl Decide<'_> {
             .sum()
     }
 
-    /// ScheduleAnyway spread: matching Ships in the node's domains (fewer is better).
+    /// ScheduleAnyway spread: matching Ships in the node's domains (fewer is better); NaN for a
+    /// node lacking a constraint's topology key, which scores 0 (kube-scheduler's rule).
     fn spread_raw(&self, info: &NodeInfo) -> f64 {
+        if self
+            .soft_spread
+            .iter()
+            .any(|t| info.label(&t.topology_key).is_none())
+        {
+            return f64::NAN;
+        }
         self.soft_spread
             .iter()
             .map(|t| t.in_domain(info) as f64)
@@ -1631,7 +1639,7 @@ pub fn schedule(ship: &Ship, state: &mut ClusterState) -> Result<Decision, Sched
         if let Some(raw) = affinity_raw.get(idx) {
             s += 2.0 * normalize(*raw, a_lo, a_hi, false);
         }
-        if let Some(raw) = spread_raw.get(idx) {
+        if let Some(raw) = spread_raw.get(idx).filter(|r| !r.is_nan()) {
             s += 2.0 * normalize(*raw, s_lo, s_hi, true);
         }
         match best.first() {

@@ -823,7 +823,14 @@ fn required_affinity_follows_the_matching_ships_domain() {
 
 #[test]
 fn required_affinity_first_of_a_group_goes_anywhere() {
-    let mut st = three_zones();
+    // Every node has a zone: a first Ship on a node without the key would strand the rest
+    // (as in Kubernetes).
+    let mut st = state(vec![
+        labelled("a1", &[("zone", "z1")]),
+        labelled("a2", &[("zone", "z1")]),
+        labelled("b1", &[("zone", "z2")]),
+        labelled("c1", &[("zone", "z3")]),
+    ]);
     let mut s = labelled_ship("w1", &[("app", "web")]);
     s.spec.affinity = Some(ShipAffinity {
         ship_affinity: Some(PodAffinity {
