@@ -4,7 +4,7 @@
 //! - [`leader`]: `coordination.k8s.io/v1` Lease leader election, so exactly one instance of a
 //!   component is active per cluster;
 //! - [`scheduler`]: binds unscheduled Ships to Nodes (filters, scores, binding with a
-//!   resourceVersion precondition, `FailedScheduling` Events);
+//!   `binding` subresource that refuses a bound Ship, `FailedScheduling` Events);
 //! - [`replicaset`]: keeps each ReplicaSet's number of Ships (creates, deletes the surplus,
 //!   adopts and releases by selector, reports status);
 //! - [`namespace`]: a `default` ServiceAccount and token Secret in every namespace, and the

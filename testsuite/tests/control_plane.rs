@@ -714,6 +714,24 @@ fn a_worker_runs_its_ships_and_touches_nothing_else() {
         }
     });
 
+    // The binding subresource binds only an unbound Ship.
+    let binding = dir.path().join("binding.json");
+    std::fs::write(
+        &binding,
+        r#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"on-worker"},"target":{"kind":"Node","name":"elsewhere"}}"#,
+    )
+    .expect("binding file");
+    let raw = "/api/v1/namespaces/default/ships/on-worker/binding";
+    let binding_path = binding.to_string_lossy().to_string();
+    let again = k
+        .fail(&["create", "--raw", raw, "-f", &binding_path])
+        .expect("second binding");
+    assert!(
+        again.stderr.contains("already assigned"),
+        "a second binding: {}",
+        again.stderr
+    );
+
     // kubectl with the worker's own node certificate.
     let pki = data.join("pki");
     let read_b64 = |f: &str| {
@@ -786,6 +804,14 @@ fn a_worker_runs_its_ships_and_touches_nothing_else() {
             out.stderr
         );
     }
+    let out = as_node
+        .fail(&["create", "--raw", raw, "-f", &binding_path])
+        .expect("binding as the node");
+    assert!(
+        out.stderr.contains("orbidden"),
+        "a node binding Ships: {}",
+        out.stderr
+    );
     let _ = worker.kill();
     let _ = worker.wait();
 }

@@ -120,6 +120,7 @@ pub async fn resource(
         ("list", _) => list(api, &r, headers, q).await,
         ("watch", _) => watch(api, &r, headers, q).await,
         ("create", "token") => token(api, &r, headers, body).await,
+        ("create", "binding") => binding(api, &r, body).await,
         ("create", "") => create(api, user, &r, headers, q, body).await,
         ("update", "scale") | ("patch", "scale") => write_scale(api, &r, headers, q, body).await,
         ("update", _) => update(api, user, &r, headers, q, body).await,
@@ -898,6 +899,130 @@ async fn patch(
         crate::auth::node::admit_write(user, r.def.plural, &cur, &new)?;
         match store_update(api, &r.def, ns(r), &name, &cur, new, cur_rv, opts.dry_run).await {
             Ok(v) => return Ok(json_response(StatusCode::OK, &v, &warnings)),
+            Err(ApiError::Conflict { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(storage::conflict(&r.def, &name))
+}
+
+/// Finalizer the node agent keeps on a bound Ship until its VM is gone.
+pub const AGENT_FINALIZER: &str = "tugboat.io/agent";
+
+/// `POST ships/<name>/binding` (a `v1` Binding with `target.name` = the node): assigns an
+/// unbound Ship to a node in one write, as kube-scheduler's binding does. The same write adds
+/// the agent's finalizer (a bound Ship may have a VM, which must be gone before the object
+/// is) and records phase `Scheduled` with a `Scheduled` condition. A Ship bound already, or
+/// being deleted, answers 409; so does one whose uid differs from `metadata.uid` when the
+/// Binding names one.
+async fn binding(
+    api: &Arc<ApiServer>,
+    r: &ResourceRequest,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let name = name(r)?.to_string();
+    let bytes = read_body(body).await?;
+    let req: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("Binding: {e}")))?;
+    let node = req
+        .pointer("/target/name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "Binding",
+                "",
+                &name,
+                vec![FieldError::required("target.name", "the node to bind to")],
+            )
+        })?
+        .to_string();
+    let want_uid = req
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .filter(|u| !u.is_empty())
+        .map(str::to_string);
+    let refuse = |why: String| ApiError::Conflict {
+        message: format!("Operation cannot be fulfilled on ships/binding \"{name}\": {why}"),
+        group: String::new(),
+        kind: "ships".into(),
+        name: name.clone(),
+    };
+    for _ in 0..WRITE_ATTEMPTS {
+        let (cur, cur_rv) = current(api, &r.def, ns(r), &name).await?;
+        if let Some(uid) = &want_uid {
+            if meta::meta_str(&cur, "uid") != Some(uid.as_str()) {
+                return Err(refuse("the Ship was replaced".into()));
+            }
+        }
+        if let Some(bound) = cur
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+        {
+            return Err(refuse(format!(
+                "ship is already assigned to node \"{bound}\""
+            )));
+        }
+        if meta::is_terminating(&cur) {
+            return Err(refuse("the Ship is being deleted".into()));
+        }
+        let mut new = cur.clone();
+        new["spec"]["nodeName"] = json!(node);
+        let fins = new["metadata"]
+            .as_object_mut()
+            .map(|m| m.entry("finalizers").or_insert_with(|| json!([])));
+        if let Some(Value::Array(f)) = fins {
+            if !f.iter().any(|v| v.as_str() == Some(AGENT_FINALIZER)) {
+                f.push(json!(AGENT_FINALIZER));
+            }
+        }
+        if !new.get("status").is_some_and(Value::is_object) {
+            new["status"] = json!({});
+        }
+        let now = meta::now_rfc3339();
+        let phase = new
+            .pointer("/status/phase")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if phase.is_empty() || phase == "Pending" {
+            new["status"]["phase"] = json!("Scheduled");
+        }
+        let mut conditions: Vec<Value> = new
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .map(|cs| {
+                cs.iter()
+                    .filter(|c| c.get("type").and_then(Value::as_str) != Some("Scheduled"))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        conditions.push(json!({
+            "type": "Scheduled",
+            "status": "True",
+            "reason": "Bound",
+            "message": format!("bound to node {node}"),
+            "lastTransitionTime": now,
+        }));
+        new["status"]["conditions"] = json!(conditions);
+        // spec.nodeName changed: a new generation, as for any spec change.
+        let generation = cur
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        new["metadata"]["generation"] = json!(generation.saturating_add(1));
+        match store_update(api, &r.def, ns(r), &name, &cur, new, cur_rv, false).await {
+            Ok(_) => {
+                let status = json!({
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Success",
+                    "code": 201,
+                });
+                return Ok(json_response(StatusCode::CREATED, &status, &[]));
+            }
             Err(ApiError::Conflict { .. }) => continue,
             Err(e) => return Err(e),
         }

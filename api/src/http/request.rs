@@ -168,6 +168,7 @@ pub fn resolve(
         "status" => def.status,
         "scale" => def.scale.is_some(),
         "token" => def.kind == "ServiceAccount",
+        "binding" => def.kind == "Ship" && def.group.is_empty(),
         "finalize" => def.kind == "Namespace",
         _ => false,
     };

@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1::{
     EventSource, Namespace, ObjectReference, PersistentVolume, PersistentVolumeClaim,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -70,10 +70,8 @@ pub struct SchedulerConfig {
     pub event_interval: Duration,
     /// Rescan period when no watch event arrives.
     pub resync: Duration,
-    /// Binds (merge patches) running at once; decisions wait for a slot beyond that.
+    /// Bindings running at once; decisions wait for a slot beyond that.
     pub max_binds_in_flight: usize,
-    /// Also write `status.phase: Scheduled` after each binding (a second request per Ship).
-    pub set_scheduled_phase: bool,
     /// Look at only part of a large cluster per decision (kube-scheduler's adaptive
     /// `percentageOfNodesToScore`, see [`super::nodes_to_find`]); `false`: every node.
     pub sample_nodes: bool,
@@ -89,7 +87,6 @@ impl Default for SchedulerConfig {
             event_interval: Duration::from_secs(30),
             resync: Duration::from_secs(1),
             max_binds_in_flight: 64,
-            set_scheduled_phase: true,
             sample_nodes: true,
         }
     }
@@ -479,9 +476,8 @@ impl Scheduler {
                     let client = self.client.clone();
                     let tx = self.results_tx.clone();
                     let notify = notify.clone();
-                    let phase = self.cfg.set_scheduled_phase;
                     tokio::spawn(async move {
-                        let r = bind(&client, &ship, &decision.node, phase).await;
+                        let r = bind(&client, &ship, &decision.node).await;
                         drop(permit);
                         if r.is_err() {
                             // Only failures need the loop's attention soon.
@@ -516,7 +512,7 @@ impl Scheduler {
 
     /// Binds `ship` to `node` (see [`bind`]).
     pub async fn bind(&self, ship: &Ship, node: &str) -> Result<(), BindError> {
-        bind(&self.client, ship, node, self.cfg.set_scheduled_phase).await
+        bind(&self.client, ship, node).await
     }
 
     /// Records a `FailedScheduling` Warning Event (throttled per Ship).
@@ -578,39 +574,35 @@ impl Scheduler {
     }
 }
 
-/// Binds `ship` to `node`: `spec.nodeName` conditional on the Ship's resourceVersion, then
-/// (with `set_phase`) `status.phase: Scheduled`.
-pub async fn bind(
-    client: &Client,
-    ship: &Ship,
-    node: &str,
-    set_phase: bool,
-) -> Result<(), BindError> {
+/// Binds `ship` to `node` through the Ship's `binding` subresource: one write that sets
+/// `spec.nodeName` only if the Ship is still unbound (and still the same object), adds the
+/// agent's finalizer and records phase `Scheduled`.
+pub async fn bind(client: &Client, ship: &Ship, node: &str) -> Result<(), BindError> {
     let k = key(ship);
     let ns = ship.metadata.namespace.as_deref().unwrap_or("default");
     let name = ship.metadata.name.as_deref().unwrap_or("");
     let api: Api<Ship> = Api::namespaced(client.clone(), ns);
-    let patch = json!({
-        "metadata": {"resourceVersion": ship.metadata.resource_version},
-        "spec": {"nodeName": node},
+    // The `binding` subresource assigns only an unbound Ship (409 otherwise) and, in the same
+    // write, adds the agent's finalizer and phase Scheduled; naming the uid keeps a Ship
+    // deleted and re-created under the same name from being bound by an old decision.
+    let binding = json!({
+        "apiVersion": "v1",
+        "kind": "Binding",
+        "metadata": {"name": name, "namespace": ns, "uid": ship.metadata.uid},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node},
     });
     match api
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .create_subresource::<_, serde_json::Value>(
+            "binding",
+            name,
+            &PostParams::default(),
+            &binding,
+        )
         .await
     {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 409 => return Err(BindError::Conflict(k)),
         Err(source) => return Err(BindError::Api { ship: k, source }),
-    }
-    if set_phase {
-        let status = json!({"status": {"phase": "Scheduled"}});
-        if let Err(source) = api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-            .await
-        {
-            // The binding stands; the phase is cosmetic and the agent sets it next.
-            tracing::warn!(ship = %k, error = %source, "setting phase Scheduled failed");
-        }
     }
     Ok(())
 }
