@@ -233,7 +233,7 @@ where
     let (reader, writer) = reflector::store::<K>();
     let stream = reflector::reflector(
         writer,
-        watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
+        watcher(Api::<K>::all(client.clone()), watcher::Config::default()).modify(crate::lean),
     )
     .default_backoff();
     let task = tokio::spawn(async move {

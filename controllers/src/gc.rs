@@ -213,8 +213,11 @@ impl GarbageCollector {
             let writer = Writer::<DynamicObject>::new(r.resource.clone());
             stores.push(writer.as_reader());
             let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &r.resource);
-            let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-                .default_backoff();
+            let stream = reflector::reflector(
+                writer,
+                watcher(api, watcher::Config::default()).modify(crate::lean),
+            )
+            .default_backoff();
             tasks.push(tokio::spawn(forward_events(i, stream, tx.clone())));
         }
         drop(tx);

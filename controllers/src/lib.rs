@@ -29,3 +29,9 @@ pub mod networkclass;
 pub mod nodelifecycle;
 pub mod replicaset;
 pub mod scheduler;
+
+/// Drops what no controller reads from cached objects (`managedFields`, often the largest
+/// part of an object), so every controller's cache of 10,000 Ships stays small.
+pub(crate) fn lean<K: kube::Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}

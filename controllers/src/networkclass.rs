@@ -372,8 +372,11 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store::<K>();
-    let stream =
-        reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default()).modify(crate::lean),
+    )
+    .default_backoff();
     tasks.push(tokio::spawn(poke_on_events(stream, notify.clone())));
     reader
 }

@@ -213,7 +213,7 @@ impl ReplicaSetController {
         let (reader, writer) = reflector::store::<Ship>();
         let stream = reflector::reflector(
             writer,
-            watcher(ships_all.clone(), watcher::Config::default()),
+            watcher(ships_all.clone(), watcher::Config::default()).modify(crate::lean),
         )
         .default_backoff();
         // The Controller's own Ship watch (below) may run ahead of this cache: a reconcile it

@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, watch};
 use tugboat_store::pb::mvccpb::{event::EventType as EtcdEventType, KeyValue};
 
 /// Events kept for watchers that resume from an older resourceVersion.
-pub const EVENT_WINDOW: usize = 20_000;
+pub const EVENT_WINDOW: usize = 8_192;
 /// Live events buffered per watcher before it counts as lagging.
 const FANOUT_CAPACITY: usize = 4096;
 /// Capacity of a routed feed (one node's Ships): a node sees few events at a time, and one
