@@ -297,6 +297,13 @@ impl NetworkClassStatusController {
                 failures = 0;
                 self.cfg.resync
             };
+            if failed {
+                // Sit the backoff out before looking at events again: with many nodes an event
+                // arrives every few milliseconds, and a failing write would be retried at that
+                // pace instead.
+                tokio::time::sleep(wait).await;
+                continue;
+            }
             tokio::select! {
                 got = rx.recv() => if got.is_none() { return },
                 () = tokio::time::sleep(wait) => {}

@@ -1128,7 +1128,9 @@ impl ClusterState {
                 .ok_or_else(|| {
                     ScheduleError::NetworkClassNotFound(format!("NetworkClass {nc:?}"))
                 })?;
-            cni_plugins.push(c.spec.cni_plugin.clone());
+            // The same plugins NetworkClass readiness (`status.readyNodes`) counts: the main
+            // one and every chained `config.plugins[].type`.
+            cni_plugins.extend(crate::networkclass::required_plugins(&c.spec));
         }
         if let Some(nc) = ship
             .spec
@@ -1139,11 +1141,13 @@ impl ClusterState {
             let c = self.cluster_network_classes.get(nc).ok_or_else(|| {
                 ScheduleError::NetworkClassNotFound(format!("ClusterNetworkClass {nc:?}"))
             })?;
-            cni_plugins.push(c.spec.cni_plugin.clone());
+            cni_plugins.extend(crate::networkclass::required_plugins(&c.spec));
         }
         if !ship.spec.port_mappings.is_empty() {
             cni_plugins.push("portmap".to_string());
         }
+        cni_plugins.sort();
+        cni_plugins.dedup();
         let ns = ship.metadata.namespace.as_deref().unwrap_or("");
         let mut claims = Vec::new();
         for name in claim_names(ship) {

@@ -343,6 +343,30 @@ fn network_fit() {
 }
 
 #[test]
+fn network_needs_match_network_class_readiness() {
+    let mut nc = NetworkClass::default();
+    nc.metadata.name = Some("net".into());
+    nc.metadata.namespace = Some("default".into());
+    nc.spec.cni_plugin = "bridge".into();
+    nc.spec.config = Some(serde_json::json!({
+        "plugins": [{"type": "bridge"}, {"type": "firewall"}]
+    }));
+    let st = ClusterState::new(
+        Vec::<Arc<Node>>::new(),
+        [Arc::new(class("small", 2, "2Gi"))],
+        Vec::new(),
+        [Arc::new(nc)],
+        Vec::new(),
+    );
+    let mut s = ship("s", "small");
+    s.metadata.namespace = Some("default".into());
+    s.spec.network_class_name = Some("net".into());
+    let needs = st.needs(&s).expect("needs");
+    // What `status.readyNodes` counts: the main plugin and every chained one, once each.
+    assert_eq!(needs.cni_plugins, ["bridge", "firewall"]);
+}
+
+#[test]
 fn scores_prefer_free_nodes_and_spread() {
     let nd = needs(1000.0, GI);
     let empty = info(node("a", "4", "8Gi"));
