@@ -39,6 +39,8 @@
 //! Only the leader reconciles: [`DeploymentController::run`] follows a leadership channel (see
 //! [`crate::leader`]).
 
+use crate::backoff;
+use crate::leader::wait_not_leader;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -153,20 +155,8 @@ impl DeploymentController {
     }
 
     /// Reconciles while `is_leader` is true; returns when its sender is dropped.
-    pub async fn run(self, mut is_leader: watch::Receiver<bool>) {
-        loop {
-            while !*is_leader.borrow_and_update() {
-                if is_leader.changed().await.is_err() {
-                    return;
-                }
-            }
-            tracing::info!("deployment controller active");
-            self.run_term(is_leader.clone()).await;
-            if is_leader.has_changed().is_err() {
-                return;
-            }
-            tracing::info!("deployment controller standing by");
-        }
+    pub async fn run(self, is_leader: watch::Receiver<bool>) {
+        crate::leader::run_terms("deployment controller", is_leader, |rx| self.run_term(rx)).await;
     }
 
     /// One leadership term: runs the Controller until leadership is lost.
@@ -248,24 +238,6 @@ where
         }
     });
     (reader, task)
-}
-
-/// Resolves when leadership is lost (or the channel closes).
-pub(crate) async fn wait_not_leader(is_leader: &mut watch::Receiver<bool>) {
-    loop {
-        if !*is_leader.borrow_and_update() {
-            return;
-        }
-        if is_leader.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Requeue delay after the `failures`-th consecutive failure: doubling from `initial`, at most `max`.
-pub(crate) fn backoff(initial: Duration, max: Duration, failures: u32) -> Duration {
-    let factor = 1u32 << failures.saturating_sub(1).min(16);
-    initial.saturating_mul(factor).min(max)
 }
 
 fn deployment_key(d: &Deployment) -> String {

@@ -31,7 +31,9 @@ use tugboat_api::kinds::apps::{
 };
 use tugboat_api::kinds::{Condition, Selector};
 
-use crate::deployment::{backoff, spawn_cache, wait_not_leader};
+use crate::backoff;
+use crate::deployment::spawn_cache;
+use crate::leader::wait_not_leader;
 
 /// Label naming the Fleet of a component's ReplicaSet and Ships.
 pub const FLEET_LABEL: &str = "tugboat.io/fleet";
@@ -101,20 +103,8 @@ impl FleetController {
     }
 
     /// Reconciles while `is_leader` is true; returns when its sender is dropped.
-    pub async fn run(self, mut is_leader: watch::Receiver<bool>) {
-        loop {
-            while !*is_leader.borrow_and_update() {
-                if is_leader.changed().await.is_err() {
-                    return;
-                }
-            }
-            tracing::info!("fleet controller active");
-            self.run_term(is_leader.clone()).await;
-            if is_leader.has_changed().is_err() {
-                return;
-            }
-            tracing::info!("fleet controller standing by");
-        }
+    pub async fn run(self, is_leader: watch::Receiver<bool>) {
+        crate::leader::run_terms("fleet controller", is_leader, |rx| self.run_term(rx)).await;
     }
 
     /// One leadership term: runs the Controller until leadership is lost.

@@ -185,24 +185,11 @@ impl GarbageCollector {
     }
 
     /// Collects while `is_leader` is true; returns when its sender is dropped.
-    pub async fn run(self, mut is_leader: watch::Receiver<bool>) {
-        loop {
-            while !*is_leader.borrow_and_update() {
-                if is_leader.changed().await.is_err() {
-                    return;
-                }
-            }
-            tracing::info!("garbage collector active");
-            let mut leader_rx = is_leader.clone();
-            tokio::select! {
-                () = self.run_term() => {}
-                () = wait_not_leader(&mut leader_rx) => {}
-            }
-            if is_leader.has_changed().is_err() {
-                return;
-            }
-            tracing::info!("garbage collector standing by");
-        }
+    pub async fn run(self, is_leader: watch::Receiver<bool>) {
+        crate::leader::run_terms("garbage collector", is_leader, |rx| {
+            crate::leader::until_not_leader(self.run_term(), rx)
+        })
+        .await;
     }
 
     async fn run_term(&self) {
@@ -394,12 +381,7 @@ impl Term {
                 Err(e) => {
                     let n = self.failures.entry(key.clone()).or_insert(0);
                     *n = n.saturating_add(1);
-                    let factor = 1u32 << n.saturating_sub(1).min(16);
-                    let delay = self
-                        .cfg
-                        .initial_backoff
-                        .saturating_mul(factor)
-                        .min(self.cfg.max_backoff);
+                    let delay = crate::backoff(self.cfg.initial_backoff, self.cfg.max_backoff, *n);
                     if matches!(e, GcError::Conflict(_)) {
                         tracing::debug!(object = ?key, error = %e, "gc raced; rechecking");
                     } else {
@@ -624,18 +606,6 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         for t in &self.0 {
             t.abort();
-        }
-    }
-}
-
-/// Resolves when leadership is lost (or the channel closes).
-async fn wait_not_leader(is_leader: &mut watch::Receiver<bool>) {
-    loop {
-        if !*is_leader.borrow_and_update() {
-            return;
-        }
-        if is_leader.changed().await.is_err() {
-            return;
         }
     }
 }

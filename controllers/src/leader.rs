@@ -336,3 +336,50 @@ impl LeaderHandle {
         self.task.abort();
     }
 }
+
+/// Resolves when leadership is lost (or the channel closes).
+pub async fn wait_not_leader(is_leader: &mut watch::Receiver<bool>) {
+    loop {
+        if !*is_leader.borrow_and_update() {
+            return;
+        }
+        if is_leader.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Runs `term` once per leadership term of `is_leader` (it gets the receiver, to end itself
+/// when the term ends) and logs the hand-overs as `component`; returns when the sender is
+/// dropped.
+pub async fn run_terms<F, Fut>(component: &str, mut is_leader: watch::Receiver<bool>, mut term: F)
+where
+    F: FnMut(watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    loop {
+        while !*is_leader.borrow_and_update() {
+            if is_leader.changed().await.is_err() {
+                return;
+            }
+        }
+        tracing::info!("{component} active");
+        term(is_leader.clone()).await;
+        if is_leader.has_changed().is_err() {
+            return;
+        }
+        tracing::info!("{component} standing by");
+    }
+}
+
+/// Runs `work` until it ends or leadership is lost, whichever comes first (for terms whose
+/// tasks stop when dropped).
+pub async fn until_not_leader(
+    work: impl std::future::Future<Output = ()>,
+    mut is_leader: watch::Receiver<bool>,
+) {
+    tokio::select! {
+        () = work => {}
+        () = wait_not_leader(&mut is_leader) => {}
+    }
+}

@@ -35,3 +35,14 @@ pub mod scheduler;
 pub(crate) fn lean<K: kube::Resource>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
 }
+
+/// Retry delay after the `failures`-th consecutive failure: doubling from `initial`, at most
+/// `max`.
+pub(crate) fn backoff(
+    initial: std::time::Duration,
+    max: std::time::Duration,
+    failures: u32,
+) -> std::time::Duration {
+    let factor = 1u32 << failures.saturating_sub(1).min(16);
+    initial.saturating_mul(factor).min(max)
+}

@@ -16,6 +16,7 @@
 //! Terminating for longer than [`NamespaceConfig::terminating_grace`] gets its remaining
 //! content deleted and, once nothing is left, its finalizer removed.
 
+use crate::leader::wait_not_leader;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -134,20 +135,8 @@ impl NamespaceController {
     }
 
     /// Reconciles while `is_leader` is true; returns when its sender is dropped.
-    pub async fn run(self, mut is_leader: watch::Receiver<bool>) {
-        loop {
-            while !*is_leader.borrow_and_update() {
-                if is_leader.changed().await.is_err() {
-                    return;
-                }
-            }
-            tracing::info!("namespace controller active");
-            self.run_term(is_leader.clone()).await;
-            if is_leader.has_changed().is_err() {
-                return;
-            }
-            tracing::info!("namespace controller standing by");
-        }
+    pub async fn run(self, is_leader: watch::Receiver<bool>) {
+        crate::leader::run_terms("namespace controller", is_leader, |rx| self.run_term(rx)).await;
     }
 
     async fn run_term(&self, is_leader: watch::Receiver<bool>) {
@@ -185,18 +174,6 @@ impl NamespaceController {
     }
 }
 
-/// Resolves when leadership is lost (or the channel closes).
-async fn wait_not_leader(is_leader: &mut watch::Receiver<bool>) {
-    loop {
-        if !*is_leader.borrow_and_update() {
-            return;
-        }
-        if is_leader.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
 fn error_policy(ns: Arc<Namespace>, err: &NamespaceError, ctx: Arc<Context>) -> Action {
     let key = ns.name_any();
     let failures = match ctx.failures.lock() {
@@ -207,12 +184,7 @@ fn error_policy(ns: Arc<Namespace>, err: &NamespaceError, ctx: Arc<Context>) -> 
         }
         Err(_) => 1,
     };
-    let factor = 1u32 << failures.saturating_sub(1).min(16);
-    let delay = ctx
-        .cfg
-        .initial_backoff
-        .saturating_mul(factor)
-        .min(ctx.cfg.max_backoff);
+    let delay = crate::backoff(ctx.cfg.initial_backoff, ctx.cfg.max_backoff, failures);
     if matches!(err, NamespaceError::Conflict(_)) {
         tracing::debug!(namespace = %key, error = %err, ?delay, "reconcile raced; requeueing");
     } else {

@@ -234,24 +234,11 @@ impl NetworkClassStatusController {
     }
 
     /// Reconciles while `is_leader` is true; returns when its sender is dropped.
-    pub async fn run(self, mut is_leader: watch::Receiver<bool>) {
-        loop {
-            while !*is_leader.borrow_and_update() {
-                if is_leader.changed().await.is_err() {
-                    return;
-                }
-            }
-            tracing::info!("networkclass status controller active");
-            let mut leader_rx = is_leader.clone();
-            tokio::select! {
-                () = self.run_term() => {}
-                () = wait_not_leader(&mut leader_rx) => {}
-            }
-            if is_leader.has_changed().is_err() {
-                return;
-            }
-            tracing::info!("networkclass status controller standing by");
-        }
+    pub async fn run(self, is_leader: watch::Receiver<bool>) {
+        crate::leader::run_terms("networkclass status controller", is_leader, |rx| {
+            crate::leader::until_not_leader(self.run_term(), rx)
+        })
+        .await;
     }
 
     async fn run_term(&self) {
@@ -288,11 +275,7 @@ impl NetworkClassStatusController {
             }
             let wait = if failed {
                 failures = failures.saturating_add(1);
-                let factor = 1u32 << failures.saturating_sub(1).min(16);
-                self.cfg
-                    .initial_backoff
-                    .saturating_mul(factor)
-                    .min(self.cfg.max_backoff)
+                crate::backoff(self.cfg.initial_backoff, self.cfg.max_backoff, failures)
             } else {
                 failures = 0;
                 self.cfg.resync
@@ -399,18 +382,6 @@ async fn poke_on_events<K>(
                 let _ = notify.try_send(());
             }
             Err(e) => tracing::debug!(error = %e, "networkclass controller watch error"),
-        }
-    }
-}
-
-/// Resolves when leadership is lost (or the channel closes).
-async fn wait_not_leader(is_leader: &mut watch::Receiver<bool>) {
-    loop {
-        if !*is_leader.borrow_and_update() {
-            return;
-        }
-        if is_leader.changed().await.is_err() {
-            return;
         }
     }
 }

@@ -194,24 +194,11 @@ impl NodeLifecycleController {
     }
 
     /// Monitors nodes while `is_leader` is true; returns when its sender is dropped.
-    pub async fn run(self, mut is_leader: watch::Receiver<bool>) {
-        loop {
-            while !*is_leader.borrow_and_update() {
-                if is_leader.changed().await.is_err() {
-                    return;
-                }
-            }
-            tracing::info!("node lifecycle controller active");
-            let mut leader_rx = is_leader.clone();
-            tokio::select! {
-                () = self.run_term() => {}
-                () = wait_not_leader(&mut leader_rx) => {}
-            }
-            if is_leader.has_changed().is_err() {
-                return;
-            }
-            tracing::info!("node lifecycle controller standing by");
-        }
+    pub async fn run(self, is_leader: watch::Receiver<bool>) {
+        crate::leader::run_terms("node lifecycle controller", is_leader, |rx| {
+            crate::leader::until_not_leader(self.run_term(), rx)
+        })
+        .await;
     }
 
     async fn run_term(&self) {
@@ -615,18 +602,6 @@ where
         }
     }));
     reader
-}
-
-/// Resolves when leadership is lost (or the channel closes).
-async fn wait_not_leader(is_leader: &mut watch::Receiver<bool>) {
-    loop {
-        if !*is_leader.borrow_and_update() {
-            return;
-        }
-        if is_leader.changed().await.is_err() {
-            return;
-        }
-    }
 }
 
 #[cfg(test)]

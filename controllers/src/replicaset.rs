@@ -24,6 +24,7 @@
 //! Only the leader reconciles: [`ReplicaSetController::run`] follows a leadership channel (see
 //! [`crate::leader`]).
 
+use crate::leader::wait_not_leader;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -191,20 +192,8 @@ impl ReplicaSetController {
     }
 
     /// Reconciles while `is_leader` is true; returns when its sender is dropped.
-    pub async fn run(self, mut is_leader: watch::Receiver<bool>) {
-        loop {
-            while !*is_leader.borrow_and_update() {
-                if is_leader.changed().await.is_err() {
-                    return;
-                }
-            }
-            tracing::info!("replicaset controller active");
-            self.run_term(is_leader.clone()).await;
-            if is_leader.has_changed().is_err() {
-                return;
-            }
-            tracing::info!("replicaset controller standing by");
-        }
+    pub async fn run(self, is_leader: watch::Receiver<bool>) {
+        crate::leader::run_terms("replicaset controller", is_leader, |rx| self.run_term(rx)).await;
     }
 
     /// One leadership term: runs the Controller until leadership is lost.
@@ -297,18 +286,6 @@ async fn delete_ship(api: &Api<Ship>, ship: &Ship) -> Result<(), ReconcileError>
     }
 }
 
-/// Resolves when leadership is lost (or the channel closes).
-async fn wait_not_leader(is_leader: &mut watch::Receiver<bool>) {
-    loop {
-        if !*is_leader.borrow_and_update() {
-            return;
-        }
-        if is_leader.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
 fn error_policy(rs: Arc<ReplicaSet>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
     let key = rs_key(&rs);
     let failures = match ctx.failures.lock() {
@@ -319,12 +296,7 @@ fn error_policy(rs: Arc<ReplicaSet>, err: &ReconcileError, ctx: Arc<Context>) ->
         }
         Err(_) => 1,
     };
-    let factor = 1u32 << failures.saturating_sub(1).min(16);
-    let delay = ctx
-        .cfg
-        .initial_backoff
-        .saturating_mul(factor)
-        .min(ctx.cfg.max_backoff);
+    let delay = crate::backoff(ctx.cfg.initial_backoff, ctx.cfg.max_backoff, failures);
     tracing::warn!(replicaset = %key, error = %err, ?delay, "reconcile failed; requeueing");
     Action::requeue(delay)
 }

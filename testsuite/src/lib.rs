@@ -6,6 +6,7 @@ pub mod harness;
 pub mod kube;
 pub mod load;
 pub mod netns;
+pub mod procstat;
 pub mod session;
 
 pub use harness::*;

@@ -493,8 +493,7 @@ fn dead_nodes_and_dead_leaders_are_replaced() {
     let victim = ["b", "c"]
         .into_iter()
         .find(|n| *n != holder && first.iter().any(|s| s.node == *n))
-        .or_else(|| ["b", "c"].into_iter().find(|n| *n != holder))
-        .expect("a victim")
+        .unwrap_or_else(|| panic!("no member but {holder} holds Ships: {first:?}"))
         .to_string();
     let vi = cluster.index(&victim);
     let stale: Vec<ShipView> = first.iter().filter(|s| s.node == victim).cloned().collect();
@@ -536,39 +535,38 @@ fn dead_nodes_and_dead_leaders_are_replaced() {
     }
 
     // The stale Ships wait for their node's agent and say so; the escape hatch drops one.
-    if let Some(first_stale) = stale.first() {
-        wait_until(
-            "a DeletionBlocked condition on a stale Ship",
-            DEADLINE,
-            || {
-                let v = json(&k0, &["get", "ship", &first_stale.name])?;
-                let blocked = v
-                    .pointer("/status/conditions")
-                    .and_then(Value::as_array)
-                    .is_some_and(|cs| cs.iter().any(|c| s(c, "/type") == "DeletionBlocked"));
-                if blocked && v.pointer("/metadata/deletionTimestamp").is_some() {
-                    Ok(())
-                } else {
-                    Err(v.to_string())
-                }
-            },
-        );
-        k0.ok(&[
-            "annotate",
-            "ship",
-            &first_stale.name,
-            "tugboat.io/force-delete-local-state=true",
-        ])
-        .expect("force delete");
-        wait_until("the force-deleted Ship gone", DEADLINE, || {
-            let left = ships(&k0, "app=web")?;
-            if left.iter().any(|s| s.uid == first_stale.uid) {
-                Err(format!("{left:?}"))
-            } else {
+    let first_stale = &stale[0];
+    wait_until(
+        "a DeletionBlocked condition on a stale Ship",
+        DEADLINE,
+        || {
+            let v = json(&k0, &["get", "ship", &first_stale.name])?;
+            let blocked = v
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .is_some_and(|cs| cs.iter().any(|c| s(c, "/type") == "DeletionBlocked"));
+            if blocked && v.pointer("/metadata/deletionTimestamp").is_some() {
                 Ok(())
+            } else {
+                Err(v.to_string())
             }
-        });
-    }
+        },
+    );
+    k0.ok(&[
+        "annotate",
+        "ship",
+        &first_stale.name,
+        "tugboat.io/force-delete-local-state=true",
+    ])
+    .expect("force delete");
+    wait_until("the force-deleted Ship gone", DEADLINE, || {
+        let left = ships(&k0, "app=web")?;
+        if left.iter().any(|s| s.uid == first_stale.uid) {
+            Err(format!("{left:?}"))
+        } else {
+            Ok(())
+        }
+    });
 
     // The node comes back: its stale Ships go away, the replacements stay as they are.
     cluster.nodes[vi].restart().expect("restart the dead node");

@@ -542,6 +542,9 @@ impl WatchCache {
             None => Ok(self.fanout.lock().map_err(|_| poisoned())?.subscribe()),
             Some(value) => {
                 let mut routes = self.routes.lock().map_err(|_| poisoned())?;
+                // Feeds whose watchers all left go now, not only when their next event comes:
+                // watches on values that never see an event must not pile up.
+                routes.retain(|_, tx| tx.receiver_count() > 0);
                 Ok(routes
                     .entry(value.to_string())
                     .or_insert_with(|| broadcast::channel(ROUTED_CAPACITY).0)

@@ -15,6 +15,7 @@
 //! Only the leader schedules: [`Scheduler::run`] follows a leadership channel (see
 //! [`crate::leader`]).
 
+use crate::leader::wait_not_leader;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -507,12 +508,7 @@ impl Scheduler {
             next: Instant::now(),
         });
         b.failures = b.failures.saturating_add(1);
-        let factor = 1u32 << b.failures.saturating_sub(1).min(16);
-        let delay = self
-            .cfg
-            .initial_backoff
-            .saturating_mul(factor)
-            .min(self.cfg.max_backoff);
+        let delay = crate::backoff(self.cfg.initial_backoff, self.cfg.max_backoff, b.failures);
         b.next = Instant::now() + delay;
     }
 
@@ -619,16 +615,4 @@ fn dynamic_to_storage_class(o: &DynamicObject) -> Option<StorageClass> {
     let map = value.as_object_mut()?;
     map.insert("metadata".into(), serde_json::to_value(&o.metadata).ok()?);
     serde_json::from_value(value).ok()
-}
-
-/// Resolves when leadership is lost (or the channel closes).
-async fn wait_not_leader(is_leader: &mut watch::Receiver<bool>) {
-    loop {
-        if !*is_leader.borrow_and_update() {
-            return;
-        }
-        if is_leader.changed().await.is_err() {
-            return;
-        }
-    }
 }

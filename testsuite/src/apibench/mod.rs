@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use phases::{CreateResult, ListResult, Params, WatchResult};
-use stats::{status_kib, RssSampler};
+use tugboat_testsuite::procstat::{status_kib, RssSampler};
 use tugboat_testsuite::{EtcdNode, EtcdOptions, TugboatNode, TugboatOptions};
 
 /// Where the apiserver keeps its data.

@@ -4,7 +4,6 @@
 //! kube client. Ships are created through the API in parallel; a watch records when each one
 //! is bound (`spec.nodeName` set) and when it is Running.
 
-pub mod proc;
 pub mod report;
 
 use std::collections::HashMap;
@@ -24,7 +23,7 @@ use tugboat_controllers::scheduler::{Scheduler, SchedulerConfig};
 use tugboat_nodeagent::{FakeConfig, FakeRuntime, NodeAgent, NodeAgentConfig, NodeResources};
 use tugboat_testsuite::harness::{TugboatNode, TugboatOptions};
 
-use proc::{cpu_seconds, status_kib, RssSampler};
+use tugboat_testsuite::procstat::{cpu_seconds, status_kib, RssSampler};
 
 /// Where the scheduler runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]

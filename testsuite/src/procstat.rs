@@ -1,4 +1,4 @@
-//! Process figures from `/proc`: RSS, peak RSS and CPU seconds.
+//! Process figures from `/proc` for the benchmarks: RSS, peak RSS and CPU seconds.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
