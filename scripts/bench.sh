@@ -190,7 +190,7 @@ start_etcd() {
 start_tugboat() {
     local peer tls plain
     peer=$(free_port); tls=$(free_port); plain=$(free_port)
-    "$TUGBOATD" run --data-dir "$WORK/tugboat-data" --name bench \
+    "$TUGBOATD" run --data-dir "$WORK/tugboat-data" --name bench --runtime none \
         --peer-listen "127.0.0.1:$peer" --etcd-listen "127.0.0.1:$tls" --etcd-listen-plain "127.0.0.1:$plain" \
         >"$WORK/tugboat.log" 2>&1 &
     PID[tugboat]=$!
@@ -307,7 +307,7 @@ NODE_FLAGS=()
 tugboat_flags() { # key name peer tls plain metrics
     NODE_FLAGS=(--data-dir "$WORK/$1.data" --name "$2"
         --peer-listen "127.0.0.1:$3" --etcd-listen "127.0.0.1:$4" --etcd-listen-plain "127.0.0.1:$5"
-        --metrics-listen "127.0.0.1:$6"
+        --metrics-listen "127.0.0.1:$6" --runtime none
         --heartbeat-interval $HEARTBEAT_MS --election-timeout $ELECTION_MS)
     URL[$1]="http://127.0.0.1:$5"
     PEER[$1]="127.0.0.1:$3"

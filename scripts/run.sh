@@ -21,8 +21,15 @@ if ! command -v kubectl >/dev/null; then
         || echo "warning: could not install kubernetes-client; tugboatd runs without it" >&2
 fi
 
-echo "== building tugboatd (release)" >&2
-cargo build --release --locked -p tugboat-ctl --bin tugboatd >&2
+if ! command -v qemu-system-x86_64 >/dev/null || ! command -v qemu-img >/dev/null; then
+    # The node agent runs Ships as QEMU VMs (`--runtime qemu`, the default).
+    echo "== installing QEMU (Debian qemu-system-x86, qemu-utils)" >&2
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-x86 qemu-utils >&2
+fi
+
+echo "== building tugboatd and tugboat (release)" >&2
+cargo build --release --locked -p tugboat-ctl --bin tugboatd --bin tugboat >&2
 
 data_dir=${TUGBOAT_DATA_DIR:-/var/lib/tugboat}
 echo "== starting tugboatd; data in $data_dir; stop with Ctrl-C" >&2

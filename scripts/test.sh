@@ -27,6 +27,15 @@ command -v openssl >/dev/null || missing_pkgs+=(openssl)
 command -v ip >/dev/null || missing_pkgs+=(iproute2)
 # kubectl comes with the machine image; Debian's kubernetes-client provides it otherwise.
 command -v kubectl >/dev/null || missing_pkgs+=(kubernetes-client)
+# The real-VM tests: QEMU (TCG here), qemu-img, Debian's cloud kernel and a static busybox for
+# the test guest, Debian's docker-registry to push to, skopeo and isoinfo as third-party readers.
+command -v qemu-system-x86_64 >/dev/null || missing_pkgs+=(qemu-system-x86)
+command -v qemu-img >/dev/null || missing_pkgs+=(qemu-utils)
+[ -x /usr/bin/docker-registry ] || missing_pkgs+=(docker-registry)
+command -v skopeo >/dev/null || missing_pkgs+=(skopeo)
+command -v isoinfo >/dev/null || missing_pkgs+=(genisoimage)
+file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' || missing_pkgs+=(busybox-static)
+compgen -G '/boot/vmlinuz-*-cloud-amd64' >/dev/null || missing_pkgs+=(linux-image-cloud-amd64)
 if [ "${#missing_pkgs[@]}" -gt 0 ]; then
     echo "installing ${missing_pkgs[*]}"
     as_root apt-get update

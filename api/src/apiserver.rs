@@ -97,6 +97,7 @@ pub async fn start(
         None => None,
     };
     let openapi = crate::openapi::OpenApi::new(&registry);
+    let agents = crate::http::proxy::AgentDialer::new(&cfg.ca_pem, cfg.ca_key_pem.as_deref());
     let server = Arc::new(ApiServer {
         registry,
         storage: storage.clone(),
@@ -104,6 +105,7 @@ pub async fn start(
         authn,
         authz,
         audit,
+        agents,
     });
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await

@@ -192,6 +192,15 @@ pub enum ApiError {
     /// 504 Timeout.
     #[error("{0}")]
     Timeout(String),
+    /// A failure reaching or reported by a node agent (ships/log, ships/console), with its
+    /// HTTP code: 502 when the agent cannot be reached, else the agent's own code.
+    #[error("{message}")]
+    Agent {
+        /// HTTP status code.
+        code: u16,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 impl ApiError {
@@ -227,6 +236,7 @@ impl ApiError {
             ApiError::Internal(_) => 500,
             ApiError::Unavailable(_) => 503,
             ApiError::Timeout(_) => 504,
+            ApiError::Agent { code, .. } => *code,
         }
     }
 
@@ -248,6 +258,16 @@ impl ApiError {
             ApiError::Internal(_) => "InternalError",
             ApiError::Unavailable(_) => "ServiceUnavailable",
             ApiError::Timeout(_) => "Timeout",
+            ApiError::Agent { code, .. } => match code {
+                400 => "BadRequest",
+                403 => "Forbidden",
+                404 => "NotFound",
+                409 => "Conflict",
+                501 | 503 => "ServiceUnavailable",
+                502 => "BadGateway",
+                504 => "Timeout",
+                _ => "InternalError",
+            },
         }
     }
 

@@ -24,6 +24,10 @@ use tugboat_controllers::nodelifecycle::{NodeLifecycleConfig, NodeLifecycleContr
 use tugboat_controllers::replicaset::{ReplicaSetConfig, ReplicaSetController};
 use tugboat_controllers::scheduler::{Scheduler, SchedulerConfig};
 use tugboat_nodeagent::{FakeConfig, FakeRuntime, NodeAgent, NodeAgentConfig, NodeResources};
+use tugboat_qemu::accel::AccelChoice;
+use tugboat_qemu::{QemuConfig, QemuRuntime};
+
+use crate::hostruntime::HostRuntime;
 
 /// User of the scheduler's and controller-manager's client certificate.
 pub const CONTROLLER_MANAGER_USER: &str = "system:tugboat-controller-manager";
@@ -44,6 +48,20 @@ pub enum RuntimeKind {
     /// The in-memory fake runtime (demos, tests, scale simulations): Ships reach Running after
     /// `--fake-boot-delay-ms`, no VM is started.
     Fake,
+    /// Real VMs: QEMU executed directly and driven over QMP (needs `qemu-system-x86_64` and
+    /// `qemu-img`).
+    Qemu,
+}
+
+/// The accelerator QEMU uses (`--accel`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AccelFlag {
+    /// KVM when a probe guest really runs under it, TCG otherwise.
+    Auto,
+    /// Always KVM.
+    Kvm,
+    /// Always TCG (software emulation).
+    Tcg,
 }
 
 /// Flags of the control loops (part of `tugboatd run`).
@@ -53,8 +71,22 @@ pub struct ControlArgs {
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     pub controllers: String,
     /// VM runtime of this host's node agent; `none` runs no agent.
-    #[arg(long, value_enum, default_value_t = RuntimeKind::None)]
+    #[arg(long, value_enum, default_value_t = RuntimeKind::Qemu)]
     pub runtime: RuntimeKind,
+    /// QEMU runtime: accelerator (`auto` probes `/dev/kvm` with a tiny guest, cached per boot).
+    #[arg(long, value_enum, default_value_t = AccelFlag::Auto)]
+    pub accel: AccelFlag,
+    /// QEMU runtime: registry hosts pulled over plain HTTP (`host:port`, repeatable or comma
+    /// separated).
+    #[arg(long = "insecure-registry", value_delimiter = ',')]
+    pub insecure_registries: Vec<String>,
+    /// QEMU runtime: registry mirrors, `registry=mirror1;mirror2` (repeatable), tried in order
+    /// before the registry itself.
+    #[arg(long = "registry-mirror")]
+    pub registry_mirrors: Vec<String>,
+    /// QEMU runtime: path of `qemu-system-x86_64` (default: found on PATH).
+    #[arg(long)]
+    pub qemu_binary: Option<std::path::PathBuf>,
     /// Fake runtime: milliseconds from start to Running.
     #[arg(long, default_value_t = 500)]
     pub fake_boot_delay_ms: u64,
@@ -64,6 +96,14 @@ pub struct ControlArgs {
     /// Fake runtime: a running VM crashes this many seconds after it started.
     #[arg(long)]
     pub fake_crash_after_secs: Option<u64>,
+    /// Fake runtime: serve a console socket and log per VM in this directory (tests).
+    #[arg(long, hide = true)]
+    pub fake_console_dir: Option<std::path::PathBuf>,
+    /// Port of the node agent's HTTPS endpoint for Ship logs and consoles (the kubelet's
+    /// 10250); `0` picks a free port. The Node advertises it in
+    /// `status.daemonEndpoints.kubeletEndpoint.Port`.
+    #[arg(long, default_value_t = tugboat_nodeagent::server::DEFAULT_PORT)]
+    pub agent_port: u16,
     /// Fake runtime: CNI plugins the Node reports ready (`bridge,flannel,...`).
     #[arg(long, value_delimiter = ',')]
     pub fake_cni_plugins: Vec<String>,
@@ -113,7 +153,27 @@ impl ControlArgs {
         if self.node_cpu == Some(0) {
             anyhow::bail!("--node-cpu must be at least 1");
         }
+        self.mirrors()?;
         self.labels().map(|_| ())
+    }
+
+    fn mirrors(&self) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+        let mut out = BTreeMap::new();
+        for m in &self.registry_mirrors {
+            let Some((registry, mirrors)) = m.split_once('=') else {
+                anyhow::bail!("--registry-mirror {m:?} is not registry=mirror[;mirror...]");
+            };
+            let list: Vec<String> = mirrors
+                .split(';')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect();
+            if registry.is_empty() || list.is_empty() {
+                anyhow::bail!("--registry-mirror {m:?} is not registry=mirror[;mirror...]");
+            }
+            out.insert(registry.to_string(), list);
+        }
+        Ok(out)
     }
 
     fn labels(&self) -> anyhow::Result<BTreeMap<String, String>> {
@@ -282,9 +342,12 @@ pub fn agent_config(args: &ControlArgs, node_name: &str, internal_ip: String) ->
     cfg.internal_ip = internal_ip;
     cfg.heartbeat_interval = Duration::from_secs(args.node_heartbeat_interval);
     cfg.lease_duration = Duration::from_secs(args.node_monitor_grace_period);
-    if args.runtime == RuntimeKind::Fake {
-        cfg.runtime_class = "fake".into();
-        cfg.cni_plugins = args.fake_cni_plugins.clone();
+    match args.runtime {
+        RuntimeKind::Fake => {
+            cfg.runtime_class = "fake".into();
+            cfg.cni_plugins = args.fake_cni_plugins.clone();
+        }
+        RuntimeKind::Qemu | RuntimeKind::None => cfg.runtime_class = "qemu".into(),
     }
     if args.node_cpu.is_some() || args.node_memory.is_some() {
         // What is not overridden is read from the host.
@@ -304,17 +367,63 @@ pub fn agent_config(args: &ControlArgs, node_name: &str, internal_ip: String) ->
     cfg
 }
 
-/// The runtime `--runtime` names (`None` for `none`).
-pub fn make_runtime(args: &ControlArgs) -> Option<Arc<FakeRuntime>> {
-    match args.runtime {
+/// The runtime `--runtime` names (`None` for `none`); the QEMU runtime keeps its VMs and
+/// image cache under `data_dir`.
+pub async fn make_runtime(
+    args: &ControlArgs,
+    data_dir: &Path,
+) -> anyhow::Result<Option<Arc<HostRuntime>>> {
+    Ok(match args.runtime {
         RuntimeKind::None => None,
-        RuntimeKind::Fake => Some(Arc::new(FakeRuntime::new(FakeConfig {
+        RuntimeKind::Fake => Some(Arc::new(HostRuntime::Fake(FakeRuntime::new(FakeConfig {
             boot_delay: Duration::from_millis(args.fake_boot_delay_ms),
             failure_rate: args.fake_failure_rate,
             crash_after: args.fake_crash_after_secs.map(Duration::from_secs),
             crash_boots: None,
             seed: rand::random(),
-        }))),
+            console_dir: args.fake_console_dir.clone(),
+        })))),
+        RuntimeKind::Qemu => {
+            let mut cfg = QemuConfig::new(data_dir);
+            cfg.accel = match args.accel {
+                AccelFlag::Auto => AccelChoice::Auto,
+                AccelFlag::Kvm => AccelChoice::Kvm,
+                AccelFlag::Tcg => AccelChoice::Tcg,
+            };
+            if let Some(q) = &args.qemu_binary {
+                cfg.qemu_binary = q.clone();
+            }
+            cfg.insecure_registries = args.insecure_registries.clone();
+            cfg.mirrors = args.mirrors()?;
+            let rt = QemuRuntime::new(cfg)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Some(Arc::new(HostRuntime::Qemu(rt)))
+        }
+    })
+}
+
+/// Node conditions the runtime reports: `KVMAvailable` for QEMU (and why it is not).
+pub fn runtime_conditions(runtime: &HostRuntime) -> Vec<(String, String, String, String)> {
+    match runtime {
+        HostRuntime::Fake(_) => Vec::new(),
+        HostRuntime::Qemu(q) => {
+            let probe = q.accel();
+            let (status, reason) = match probe.accel {
+                tugboat_qemu::accel::Accel::Kvm => ("True", "KVMWorks"),
+                tugboat_qemu::accel::Accel::Tcg => ("False", "SoftwareEmulation"),
+            };
+            vec![(
+                "KVMAvailable".into(),
+                status.into(),
+                reason.into(),
+                format!(
+                    "VMs run with accel={}: {}",
+                    probe.accel.as_str(),
+                    probe.reason
+                ),
+            )]
+        }
     }
 }
 
@@ -324,9 +433,10 @@ pub async fn run_agent(
     client: kube::Client,
     args: ControlArgs,
     config: NodeAgentConfig,
+    runtime: Option<Arc<HostRuntime>>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let Some(runtime) = make_runtime(&args) else {
+    let Some(runtime) = runtime else {
         return Ok(());
     };
     let node = config.node_name.clone();

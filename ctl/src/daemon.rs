@@ -598,11 +598,30 @@ async fn start_control_loops(
             &[control::NODES_GROUP.to_string()],
         )
         .await?;
-        let config = control::agent_config(&args.control, name, etcd_adv.ip().to_string());
+        let mut config = control::agent_config(&args.control, name, etcd_adv.ip().to_string());
+        // Opened before the agent starts, so a missing QEMU fails `tugboatd run` at once.
+        let runtime = control::make_runtime(&args.control, &args.data_dir).await?;
+        if let Some(rt) = &runtime {
+            config.runtime_conditions = control::runtime_conditions(rt);
+            let mut stop_endpoint = stop.clone();
+            let port = crate::agentserver::serve(
+                &args.data_dir,
+                name,
+                &config.internal_ip,
+                args.control.agent_port,
+                rt.clone(),
+                async move {
+                    let _ = stop_endpoint.wait_for(|s| *s).await;
+                },
+            )
+            .await?;
+            config.server_port = Some(port);
+        }
         tasks.spawn(control::run_agent(
             client,
             args.control.clone(),
             config,
+            runtime,
             stop.clone(),
         ));
     }

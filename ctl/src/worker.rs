@@ -171,13 +171,35 @@ async fn node_client(
 /// Runs the node agent (when `--runtime` names one) against any member's apiserver, moving on
 /// when it stops answering. The runtime, and so the VMs, outlive every switch.
 async fn agent_loop(args: &RunArgs, name: &str, client_urls: &[String]) {
-    let Some(runtime) = crate::control::make_runtime(&args.control) else {
-        return std::future::pending().await;
+    let runtime = match crate::control::make_runtime(&args.control, &args.data_dir).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return std::future::pending().await,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "the VM runtime could not start; this worker runs no agent");
+            return std::future::pending().await;
+        }
     };
     let ip = args
         .advertise_address
         .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
-    let config = crate::control::agent_config(&args.control, name, ip.to_string());
+    let mut config = crate::control::agent_config(&args.control, name, ip.to_string());
+    config.runtime_conditions = crate::control::runtime_conditions(&runtime);
+    // Without the endpoint the agent still runs the VMs; only logs and consoles are missing.
+    match crate::agentserver::serve(
+        &args.data_dir,
+        name,
+        &config.internal_ip,
+        args.control.agent_port,
+        runtime.clone(),
+        std::future::pending(),
+    )
+    .await
+    {
+        Ok(port) => config.server_port = Some(port),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "no agent endpoint: ship logs and consoles of this node are unavailable")
+        }
+    }
     let mut next = 0usize;
     let mut backoff = Duration::from_millis(500);
     loop {

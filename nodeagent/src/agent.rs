@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 use tokio::task::JoinHandle;
 use tugboat_api::kinds::core::ShipSpec;
 
+use crate::resolve::{resolve_vm_spec, ResolveError};
 use crate::runtime::{Runtime, RuntimeError, VmSpec, VmState, VmStatus};
 
 /// Finalizer the agent puts on every Ship bound to its node.
@@ -26,6 +27,8 @@ pub const FORCE_DELETE_ANNOTATION: &str = "tugboat.io/force-delete-local-state";
 /// Namespace of node heartbeat Leases (apart from the control plane's Leases, so no node name can
 /// take one of those over); the apiserver creates it at bootstrap.
 pub const LEASE_NAMESPACE: &str = "tugboat-node-lease";
+/// Annotation `tugboat restart` sets (a timestamp); a running VM is restarted when it changes.
+pub const RESTART_ANNOTATION: &str = "tugboat.io/restartedAt";
 /// Label carrying the node's runtime class.
 pub const RUNTIME_CLASS_LABEL: &str = "tugboat.io/runtime-class";
 
@@ -112,10 +115,16 @@ pub struct NodeAgentConfig {
     pub restart_backoff_base: Duration,
     /// Largest restart delay.
     pub restart_backoff_max: Duration,
+    /// Node conditions the runtime contributes besides Ready (e.g. whether KVM works), as
+    /// `(type, status, reason, message)`.
+    pub runtime_conditions: Vec<(String, String, String, String)>,
     /// First requeue delay after a failed reconcile (doubles per failure).
     pub error_backoff_base: Duration,
     /// Largest requeue delay after failed reconciles.
     pub error_backoff_max: Duration,
+    /// Port of the agent's endpoint for logs and consoles ([`crate::AgentServer`]), advertised
+    /// as `status.daemonEndpoints.kubeletEndpoint.Port`; `None` advertises none.
+    pub server_port: Option<u16>,
 }
 
 impl NodeAgentConfig {
@@ -136,8 +145,10 @@ impl NodeAgentConfig {
             gc_interval: Duration::from_secs(60),
             restart_backoff_base: Duration::from_secs(1),
             restart_backoff_max: Duration::from_secs(300),
+            runtime_conditions: Vec::new(),
             error_backoff_base: Duration::from_millis(500),
             error_backoff_max: Duration::from_secs(60),
+            server_port: None,
         }
     }
 }
@@ -297,7 +308,7 @@ fn node_status(config: &NodeAgentConfig, capacity: &NodeResources, ready_since: 
     json!({
         "capacity": {"cpu": capacity.cpu, "memory": capacity.memory},
         "allocatable": {"cpu": allocatable.cpu, "memory": allocatable.memory},
-        "conditions": [ready_condition(ready_since)],
+        "conditions": conditions(config, ready_since),
         "addresses": [
             {"type": "InternalIP", "address": config.internal_ip},
             {"type": "Hostname", "address": config.node_name},
@@ -321,7 +332,28 @@ fn node_status(config: &NodeAgentConfig, capacity: &NodeResources, ready_since: 
             .map(|p| json!({"name": p, "ready": true}))
             .collect::<Vec<_>>(),
         "phase": "Running",
+        // null (no endpoint) removes a port an earlier run advertised: this is a merge patch.
+        "daemonEndpoints": config
+            .server_port
+            .map(|port| json!({"kubeletEndpoint": {"Port": port}})),
     })
+}
+
+/// Ready plus the runtime's conditions (a merge patch replaces the whole list, so every write
+/// carries all of them).
+fn conditions(config: &NodeAgentConfig, ready_since: &Value) -> Vec<Value> {
+    let mut out = vec![ready_condition(ready_since)];
+    for (type_, status, reason, message) in &config.runtime_conditions {
+        out.push(json!({
+            "type": type_,
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "lastHeartbeatTime": now_time(),
+            "lastTransitionTime": ready_since,
+        }));
+    }
+    out
 }
 
 fn ready_condition(ready_since: &Value) -> Value {
@@ -394,7 +426,7 @@ async fn refresh_node_ready(
     ready_since: &Value,
 ) -> Result<(), AgentError> {
     let nodes: Api<DynamicObject> = Api::all_with(client.clone(), &node_resource());
-    let patch = json!({"status": {"conditions": [ready_condition(ready_since)]}});
+    let patch = json!({"status": {"conditions": conditions(config, ready_since)}});
     nodes
         .patch_status(
             &config.node_name,
@@ -447,6 +479,7 @@ async fn renew_lease(client: &Client, config: &NodeAgentConfig) -> Result<(), Ag
 async fn heartbeat_loop<R: Runtime>(ctx: Arc<Ctx<R>>, ready_since: Value) {
     let mut last_status = Instant::now();
     let mut reported_vms: Option<usize> = None;
+    let mut reported_images: Option<Vec<Value>> = None;
     loop {
         tokio::time::sleep(ctx.config.heartbeat_interval).await;
         if let Err(e) = renew_lease(&ctx.client, &ctx.config).await {
@@ -470,6 +503,31 @@ async fn heartbeat_loop<R: Runtime>(ctx: Arc<Ctx<R>>, ready_since: Value) {
                     Err(e) => {
                         tracing::warn!(node = %ctx.config.node_name, error = %e, "reporting the ship count")
                     }
+                }
+            }
+        }
+        // `status.images` follows the runtime's image cache, written only when it changes.
+        let images: Vec<Value> = ctx
+            .runtime
+            .images()
+            .await
+            .into_iter()
+            .map(|i| json!({"names": i.names, "sizeBytes": i.size_bytes}))
+            .collect();
+        if reported_images.as_ref() != Some(&images) {
+            let nodes: Api<DynamicObject> = Api::all_with(ctx.client.clone(), &node_resource());
+            let patch = json!({"status": {"images": images}});
+            match nodes
+                .patch_status(
+                    &ctx.config.node_name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+            {
+                Ok(_) => reported_images = Some(images),
+                Err(e) => {
+                    tracing::warn!(node = %ctx.config.node_name, error = %e, "reporting images")
                 }
             }
         }
@@ -649,15 +707,11 @@ async fn reconcile_inner<R: Runtime>(
     let mut requeue: Option<Duration> = None;
     match decide(&strategy, vm.as_ref().map(|v| v.state)) {
         Step::Start => {
-            ctx.runtime.prepare_image(&spec.image).await?;
-            ctx.runtime
-                .start(&VmSpec {
-                    uid: uid.clone(),
-                    namespace: namespace.clone(),
-                    name: name.clone(),
-                    image: spec.image.clone(),
-                })
-                .await?;
+            let Some(vm_spec) = resolve_or_report(obj, ctx, &api, &spec, &strategy).await? else {
+                return Ok(Action::requeue(Duration::from_secs(10)));
+            };
+            ctx.runtime.prepare_image(&vm_spec.image).await?;
+            ctx.runtime.start(&vm_spec).await?;
         }
         Step::Stop => ctx.runtime.stop(&uid, true).await?,
         Step::Restart => {
@@ -685,12 +739,10 @@ async fn reconcile_inner<R: Runtime>(
                     requeue = Some(d);
                 }
                 _ => {
-                    let spec_vm = ctx.runtime.spec(&uid).await?.unwrap_or(VmSpec {
-                        uid: uid.clone(),
-                        namespace: namespace.clone(),
-                        name: name.clone(),
-                        image: spec.image.clone(),
-                    });
+                    let Some(spec_vm) = resolve_or_report(obj, ctx, &api, &spec, &strategy).await?
+                    else {
+                        return Ok(Action::requeue(Duration::from_secs(10)));
+                    };
                     ctx.runtime.prepare_image(&spec_vm.image).await?;
                     ctx.runtime.start(&spec_vm).await?;
                     if let Some(rec) = ctx
@@ -704,7 +756,27 @@ async fn reconcile_inner<R: Runtime>(
                 }
             }
         }
-        Step::Report => {}
+        Step::Report => {
+            // `tugboat restart`: a running VM whose restart token differs from the Ship's
+            // annotation is restarted by the runtime.
+            let wanted = obj.annotations().get(RESTART_ANNOTATION).cloned();
+            if wanted.is_some()
+                && matches!(
+                    vm.as_ref().map(|v| v.state),
+                    Some(VmState::Running | VmState::Starting)
+                )
+            {
+                let current = ctx.runtime.spec(&uid).await?.and_then(|s| s.restart_token);
+                if current != wanted {
+                    if let Some(vm_spec) =
+                        resolve_or_report(obj, ctx, &api, &spec, &strategy).await?
+                    {
+                        tracing::info!(ship = %name, %namespace, "restarting VM on request");
+                        ctx.runtime.start(&vm_spec).await?;
+                    }
+                }
+            }
+        }
     }
     let vm = ctx.runtime.status(&uid).await?;
     if let Some(VmStatus {
@@ -782,7 +854,23 @@ async fn report<R: Runtime>(
         "ipAddresses".into(),
         json!(vm.map(|v| v.ip_addresses.clone()).unwrap_or_default()),
     );
+    // The runtime's own reason (guest-shutdown, guest-panicked, …) when the agent has none.
+    let reason = reason.or_else(|| {
+        vm.filter(|v| v.state != VmState::Running)
+            .and_then(|v| v.reason.clone())
+    });
     want.insert("reason".into(), json!(reason));
+    if let Some(g) = vm.and_then(|v| v.guest.as_ref()) {
+        want.insert(
+            "guestOSInfo".into(),
+            json!({
+                "name": g.os_name,
+                "version": g.os_version,
+                "kernelRelease": g.kernel_release,
+                "hostname": g.hostname,
+            }),
+        );
+    }
     if let Some(v) = vm {
         want.insert(
             "restartCount".into(),
@@ -829,6 +917,36 @@ fn same(current: Option<&Value>, want: &Value) -> bool {
     match current {
         None => is_empty_value(want),
         Some(c) => c == want || (is_empty_value(c) && is_empty_value(want)),
+    }
+}
+
+/// The VmSpec for a Ship, or `None` after reporting why it cannot be built (a missing
+/// ShipClass or Secret, an invalid quantity): the Ship stays Pending with that reason.
+async fn resolve_or_report<R: Runtime>(
+    obj: &DynamicObject,
+    ctx: &Ctx<R>,
+    api: &Api<DynamicObject>,
+    spec: &ShipSpec,
+    strategy: &str,
+) -> Result<Option<VmSpec>, AgentError> {
+    match resolve_vm_spec(&ctx.client, obj, spec).await {
+        Ok(vm) => Ok(Some(vm)),
+        Err(ResolveError::Kube(e)) => Err(e.into()),
+        Err(e) => {
+            tracing::warn!(ship = %obj.name_any(), error = %e, "cannot build the VM");
+            let patch = json!({"status": {
+                "phase": phase_for(strategy, None),
+                "reason": e.reason(),
+                "message": e.to_string(),
+            }});
+            api.patch_status(
+                &obj.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+            Ok(None)
+        }
     }
 }
 

@@ -4,16 +4,26 @@
 //! [`FakeConfig::failure_rate`] (drawn from a seeded RNG), and a running VM crashes after
 //! [`FakeConfig::crash_after`] on its first [`FakeConfig::crash_boots`] boots. Clones share
 //! their state, so a restarted agent finds the VMs of the previous one.
+//!
+//! With [`FakeConfig::console_dir`] set, a started VM also gets a serial console: a unix socket
+//! `<dir>/<uid>.sock` that greets each client with `fake console <namespace>/<name>` and echoes
+//! what it is sent in upper case, and a log `<dir>/<uid>.log` holding a boot line and the
+//! echoed output, so the console and log paths can be tested without QEMU.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
 
-use crate::runtime::{Runtime, RuntimeError, RuntimeEvent, VmSpec, VmState, VmStatus};
+use crate::runtime::{
+    ConsoleEndpoints, Runtime, RuntimeError, RuntimeEvent, VmSpec, VmState, VmStatus,
+};
 
 /// Knobs of a [`FakeRuntime`].
 #[derive(Clone, Debug)]
@@ -28,6 +38,8 @@ pub struct FakeConfig {
     pub crash_boots: Option<u32>,
     /// Seed of the RNG that decides start failures.
     pub seed: u64,
+    /// Directory of the VMs' console sockets and logs (`None`: no console).
+    pub console_dir: Option<PathBuf>,
 }
 
 impl Default for FakeConfig {
@@ -38,6 +50,7 @@ impl Default for FakeConfig {
             crash_after: None,
             crash_boots: None,
             seed: 0,
+            console_dir: None,
         }
     }
 }
@@ -61,6 +74,8 @@ struct Inner {
     vms: BTreeMap<String, FakeVm>,
     images: BTreeSet<String>,
     next_ip: u32,
+    /// Echo servers of the VMs whose console is open.
+    consoles: BTreeMap<String, JoinHandle<()>>,
 }
 
 /// The fake runtime (cheap to clone; clones share their VMs).
@@ -81,6 +96,7 @@ impl FakeRuntime {
                 vms: BTreeMap::new(),
                 images: BTreeSet::new(),
                 next_ip: 0,
+                consoles: BTreeMap::new(),
             })),
             events,
         }
@@ -106,6 +122,7 @@ impl FakeRuntime {
             }
         };
         if changed {
+            self.close_console(uid, false);
             self.emit(uid, Some(VmState::Crashed));
         }
     }
@@ -163,10 +180,132 @@ impl FakeRuntime {
                     }
                 };
                 if crashed {
+                    this.close_console(&uid, false);
                     this.emit(&uid, Some(VmState::Crashed));
                 }
             }
         });
+    }
+}
+
+impl FakeRuntime {
+    /// Opens the console of a VM that just started (no-op without a console directory): writes
+    /// the boot line to its log and serves its socket.
+    fn open_console(&self, spec: &VmSpec) {
+        let Some(dir) = self.lock().config.console_dir.clone() else {
+            return;
+        };
+        let Some((socket, log)) = console_paths(&dir, &spec.uid) else {
+            tracing::warn!(uid = %spec.uid, "fake console: uid unusable as a file name");
+            return;
+        };
+        let opened = (|| -> std::io::Result<tokio::net::UnixListener> {
+            std::fs::create_dir_all(&dir)?;
+            append(
+                &log,
+                format!(
+                    "[fake] booting {}/{} (uid {})\n",
+                    spec.namespace, spec.name, spec.uid
+                )
+                .as_bytes(),
+            )?;
+            match std::fs::remove_file(&socket) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            tokio::net::UnixListener::bind(&socket)
+        })();
+        let listener = match opened {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(uid = %spec.uid, error = %e, "fake console could not open");
+                return;
+            }
+        };
+        let banner = format!("fake console {}/{}\r\n", spec.namespace, spec.name);
+        let task = tokio::spawn(echo_server(listener, banner, log));
+        if let Some(old) = self.lock().consoles.insert(spec.uid.clone(), task) {
+            old.abort();
+        }
+    }
+
+    /// Closes a VM's console socket; `remove_log` also deletes its log (the VM is deleted).
+    fn close_console(&self, uid: &str, remove_log: bool) {
+        let (task, dir) = {
+            let mut inner = self.lock();
+            (inner.consoles.remove(uid), inner.config.console_dir.clone())
+        };
+        if let Some(task) = task {
+            task.abort();
+        }
+        if let Some((socket, log)) = dir.as_deref().and_then(|d| console_paths(d, uid)) {
+            let _ = std::fs::remove_file(socket);
+            if remove_log {
+                let _ = std::fs::remove_file(log);
+            }
+        }
+    }
+}
+
+/// Socket and log of a VM's console under `dir`; `None` for a uid that is no plain file name.
+fn console_paths(dir: &Path, uid: &str) -> Option<(PathBuf, PathBuf)> {
+    let plain = !uid.is_empty()
+        && uid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !uid.starts_with('.');
+    plain.then(|| {
+        (
+            dir.join(format!("{uid}.sock")),
+            dir.join(format!("{uid}.log")),
+        )
+    })
+}
+
+fn append(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?
+        .write_all(bytes)
+}
+
+/// Serves one VM's console socket until aborted: every client gets the banner, then its input
+/// back in upper case (also appended to the log, as a serial log records the guest's output).
+/// Dropping the task's JoinSet on abort also ends the client connections.
+async fn echo_server(listener: tokio::net::UnixListener, banner: String, log: PathBuf) {
+    let mut clients = tokio::task::JoinSet::new();
+    loop {
+        let mut conn = match listener.accept().await {
+            Ok((c, _)) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "fake console accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (banner, log) = (banner.clone(), log.clone());
+        clients.spawn(async move {
+            if conn.write_all(banner.as_bytes()).await.is_err() {
+                return;
+            }
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let upper = buf[..n].to_ascii_uppercase();
+                let _ = append(&log, &upper);
+                if conn.write_all(&upper).await.is_err() {
+                    return;
+                }
+            }
+        });
+        // Reap finished clients so the set does not grow.
+        while clients.try_join_next().is_some() {}
     }
 }
 
@@ -216,6 +355,7 @@ impl Runtime for FakeRuntime {
             vm.epoch += 1;
             (vm.epoch, delay)
         };
+        self.open_console(spec);
         self.emit(&spec.uid, Some(VmState::Starting));
         self.spawn_boot(spec.uid.clone(), epoch, delay);
         Ok(())
@@ -237,6 +377,7 @@ impl Runtime for FakeRuntime {
             }
         };
         if changed {
+            self.close_console(uid, false);
             self.emit(uid, Some(VmState::Stopped));
         }
         Ok(())
@@ -245,6 +386,7 @@ impl Runtime for FakeRuntime {
     async fn delete(&self, uid: &str) -> Result<(), RuntimeError> {
         let removed = self.lock().vms.remove(uid).is_some();
         if removed {
+            self.close_console(uid, true);
             self.emit(uid, None);
         }
         Ok(())
@@ -261,6 +403,8 @@ impl Runtime for FakeRuntime {
                 Vec::new()
             },
             restarts: vm.boots.saturating_sub(1),
+            guest: None,
+            reason: None,
         }))
     }
 
@@ -275,6 +419,21 @@ impl Runtime for FakeRuntime {
     fn events(&self) -> broadcast::Receiver<RuntimeEvent> {
         self.events.subscribe()
     }
+
+    async fn console(&self, uid: &str) -> Result<ConsoleEndpoints, RuntimeError> {
+        let inner = self.lock();
+        let Some(dir) = inner.config.console_dir.as_deref() else {
+            return Err(RuntimeError::Unavailable(
+                "the fake runtime runs without consoles (no console directory configured)".into(),
+            ));
+        };
+        if !inner.vms.contains_key(uid) {
+            return Err(RuntimeError::NotFound(uid.to_string()));
+        }
+        let (socket, log) =
+            console_paths(dir, uid).ok_or_else(|| RuntimeError::NotFound(uid.to_string()))?;
+        Ok(ConsoleEndpoints { socket, log })
+    }
 }
 
 #[cfg(test)]
@@ -287,6 +446,7 @@ mod tests {
             namespace: "default".into(),
             name: uid.into(),
             image: "img".into(),
+            ..VmSpec::default()
         }
     }
 

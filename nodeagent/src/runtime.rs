@@ -6,7 +6,11 @@ use std::future::Future;
 use tokio::sync::broadcast;
 
 /// What the agent asks a runtime to run: one VM per Ship, keyed by the Ship's UID.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// The agent resolves everything a runtime needs from the Ship, its ShipClass, its RuntimeClass
+/// and referenced Secrets, so a runtime never talks to the apiserver.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct VmSpec {
     /// UID of the Ship (the VM's identity in the runtime).
     pub uid: String,
@@ -16,6 +20,95 @@ pub struct VmSpec {
     pub name: String,
     /// VM image reference (`spec.image`).
     pub image: String,
+    /// Guest hostname (`spec.hostname`, else the Ship's name).
+    #[serde(default)]
+    pub hostname: String,
+    /// vCPU topology from the ShipClass.
+    #[serde(default)]
+    pub cpu: CpuSpec,
+    /// Guest memory in bytes (0: the runtime's default).
+    #[serde(default)]
+    pub memory_bytes: u64,
+    /// Hotplug ceiling for memory in bytes (ShipClass `memory.maxSize`).
+    #[serde(default)]
+    pub max_memory_bytes: Option<u64>,
+    /// Machine type (ShipClass `machineType`, else RuntimeClass `machine`; runtime default if unset).
+    #[serde(default)]
+    pub machine: Option<String>,
+    /// NoCloud cloud-init data; `None` attaches no `cidata` disk.
+    #[serde(default)]
+    pub cloud_init: Option<CloudInitData>,
+    /// Host ports forwarded to guest ports (`spec.portMappings`).
+    #[serde(default)]
+    pub port_forwards: Vec<PortForward>,
+    /// Opaque token; a running VM whose token differs is restarted (`tugboat restart`).
+    #[serde(default)]
+    pub restart_token: Option<String>,
+    /// Seconds a graceful stop waits for the guest (`spec.terminationGracePeriodSeconds`).
+    #[serde(default)]
+    pub stop_grace_secs: Option<u32>,
+}
+
+/// vCPU topology; zero values mean the runtime's defaults.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CpuSpec {
+    /// vCPUs at boot (cores × sockets × threads as the ShipClass gives them).
+    pub cores: u32,
+    /// Sockets (0: 1).
+    pub sockets: u32,
+    /// Threads per core (0: 1).
+    pub threads: u32,
+    /// Hotplug ceiling of vCPUs (ShipClass `cpu.maxCores`).
+    pub max_cores: Option<u32>,
+    /// CPU model (`host`, `qemu64`, …); `None` is the runtime's choice.
+    pub model: Option<String>,
+}
+
+/// Cloud-init NoCloud data, already resolved from Secrets.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CloudInitData {
+    /// `user-data` file contents.
+    pub user_data: Option<String>,
+    /// `network-config` file contents.
+    pub network_data: Option<String>,
+}
+
+/// One host port forwarded into the guest.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortForward {
+    /// `TCP` or `UDP`.
+    pub protocol: String,
+    /// Host address to bind (`None`: all).
+    pub host_ip: Option<String>,
+    /// Host port.
+    pub host_port: u16,
+    /// Guest port.
+    pub guest_port: u16,
+}
+
+/// Where a VM's serial console can be reached on this host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsoleEndpoints {
+    /// Unix socket speaking the raw serial stream (attach).
+    pub socket: std::path::PathBuf,
+    /// File the serial output is appended to (logs).
+    pub log: std::path::PathBuf,
+}
+
+/// What the guest agent reports about the guest OS.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GuestInfo {
+    /// OS name (`Debian GNU/Linux`).
+    pub os_name: Option<String>,
+    /// OS version (`12 (bookworm)`).
+    pub os_version: Option<String>,
+    /// Kernel release.
+    pub kernel_release: Option<String>,
+    /// Hostname the guest reports.
+    pub hostname: Option<String>,
 }
 
 /// Lifecycle state of a VM as the runtime sees it.
@@ -44,6 +137,10 @@ pub struct VmStatus {
     pub ip_addresses: Vec<String>,
     /// How many times the VM was started after its first start.
     pub restarts: u32,
+    /// Guest OS facts from the guest agent, when it answers.
+    pub guest: Option<GuestInfo>,
+    /// Why the VM stopped or crashed (`guest-shutdown`, `guest-panicked`, `process exited`, …).
+    pub reason: Option<String>,
 }
 
 /// A state change reported by the runtime.
@@ -133,4 +230,31 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// A receiver of state changes from now on.
     fn events(&self) -> broadcast::Receiver<RuntimeEvent>;
+
+    /// The VM's serial console endpoints (runtimes without a console answer `Unavailable`).
+    fn console(
+        &self,
+        uid: &str,
+    ) -> impl Future<Output = Result<ConsoleEndpoints, RuntimeError>> + Send {
+        let uid = uid.to_string();
+        async move {
+            Err(RuntimeError::Unavailable(format!(
+                "VM {uid}: this runtime has no serial console"
+            )))
+        }
+    }
+
+    /// Images the node holds, for `Node.status.images` (names and sizes).
+    fn images(&self) -> impl Future<Output = Vec<NodeImage>> + Send {
+        async { Vec::new() }
+    }
+}
+
+/// One image in a node's cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeImage {
+    /// References (`registry/repo:tag`, `…@sha256:…`).
+    pub names: Vec<String>,
+    /// Bytes on disk.
+    pub size_bytes: u64,
 }

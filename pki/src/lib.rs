@@ -904,6 +904,60 @@ pub fn issue_client_cert(
     }
     let ca = load_ca(paths, exists(&paths.ca_key)?)?;
     let issuer = ca.issuer(paths, &format!("a client certificate for {user}"))?;
+    client_cert_from(issuer, user, groups, lifetime)
+}
+
+/// [`issue_client_cert`] with the CA given as PEM text instead of files, for a process that
+/// holds the CA in memory (the apiserver issues its identity towards node agents this way).
+pub fn issue_client_cert_from_pem(
+    ca_cert_pem: &[u8],
+    ca_key_pem: &str,
+    user: &str,
+    groups: &[String],
+    lifetime: Duration,
+) -> Result<ClientCert, PkiError> {
+    if user.is_empty() {
+        return Err(PkiError::InvalidIdentity {
+            reason: "a client certificate needs a user name".to_string(),
+        });
+    }
+    let issuer = issuer_from_pem(ca_cert_pem, ca_key_pem)?;
+    client_cert_from(&issuer, user, groups, lifetime)
+}
+
+/// An issuer from a CA certificate and key given as PEM, checked to belong together.
+fn issuer_from_pem(
+    ca_cert_pem: &[u8],
+    ca_key_pem: &str,
+) -> Result<Issuer<'static, KeyPair>, PkiError> {
+    let where_ = Path::new("<CA certificate PEM>");
+    let der = cert_der_from_pem(ca_cert_pem).map_err(|reason| bad_file(where_, reason))?;
+    let cert = parse_x509(&der).map_err(|reason| bad_file(where_, reason))?;
+    if !cert.is_ca() {
+        return Err(bad_file(where_, "is not a CA certificate"));
+    }
+    let key = KeyPair::from_pem(ca_key_pem).map_err(|e| {
+        bad_file(
+            Path::new("<CA key PEM>"),
+            format!("not a usable private key: {e}"),
+        )
+    })?;
+    if !key_matches(&key, &cert) {
+        return Err(PkiError::KeyMismatch {
+            cert: where_.to_path_buf(),
+            key: PathBuf::from("<CA key PEM>"),
+        });
+    }
+    Issuer::from_ca_cert_der(&der.as_slice().into(), key)
+        .map_err(|e| bad_file(where_, format!("unusable as issuer: {e}")))
+}
+
+fn client_cert_from(
+    issuer: &Issuer<'static, KeyPair>,
+    user: &str,
+    groups: &[String],
+    lifetime: Duration,
+) -> Result<ClientCert, PkiError> {
     // rcgen keeps one value per attribute type, so the second O goes in under the same OID
     // spelled as a custom type; a third cannot be expressed.
     if groups.len() > MAX_CLIENT_GROUPS {
@@ -940,6 +994,64 @@ pub fn issue_client_cert(
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
     })
+}
+
+/// Issues a serving certificate (server auth only) for node `name`'s agent endpoint: CN =
+/// `name`, O = [`NODES_ORGANIZATION`], SANs = `name`, `ips`, localhost and loopback; valid for
+/// `lifetime` (backdated an hour). Needs `ca.key`. Nothing is written.
+pub fn issue_node_serving_cert(
+    paths: &PkiPaths,
+    name: &str,
+    ips: &[IpAddr],
+    lifetime: Duration,
+) -> Result<ClientCert, PkiError> {
+    let id = NodeIdentity {
+        name: name.to_string(),
+        dns_names: Vec::new(),
+        ip_addrs: ips.to_vec(),
+    };
+    let names = identity_names(&id)?;
+    let ca = load_ca(paths, exists(&paths.ca_key)?)?;
+    let issuer = ca.issuer(paths, &format!("a serving certificate for node {name}"))?;
+    let key = generate_key("serving certificate")?;
+    let mut params = leaf_params(
+        &node_subject(&id),
+        &names,
+        &[ExtendedKeyUsagePurpose::ServerAuth],
+    )?;
+    set_validity(&mut params, lifetime);
+    let cert = params
+        .signed_by(&key, issuer)
+        .map_err(|source| PkiError::Generate {
+            what: format!("serving certificate for node {name}"),
+            source,
+        })?;
+    Ok(ClientCert {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// Why the first certificate in `pem` cannot serve TLS for `name` (a DNS name or an IP
+/// literal): no server-auth usage, or `name` missing from its SANs; `Ok(None)` when it can.
+pub fn serving_problem(pem: &[u8], name: &str) -> Result<Option<String>, PkiError> {
+    let where_ = Path::new("<certificate PEM>");
+    let der = cert_der_from_pem(pem).map_err(|reason| bad_file(where_, reason))?;
+    let cert = parse_x509(&der).map_err(|reason| bad_file(where_, reason))?;
+    let eku = cert
+        .extended_key_usage()
+        .map_err(|e| bad_file(where_, format!("bad extended key usage: {e}")))?;
+    // No EKU extension at all means any usage.
+    if eku.is_some_and(|e| !e.value.server_auth && !e.value.any) {
+        return Ok(Some(
+            "it is not valid for server authentication".to_string(),
+        ));
+    }
+    let wanted = AltName::parse(name)?;
+    if !cert_alt_names(where_, &cert)?.contains(&wanted) {
+        return Ok(Some(format!("its SANs do not include {wanted}")));
+    }
+    Ok(None)
 }
 
 /// CN and O values of the first certificate in `pem`.

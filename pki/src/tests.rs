@@ -626,3 +626,66 @@ fn tls_files_debug_hides_the_key() {
     let shown = format!("{tls:?}");
     assert!(!shown.contains("PRIVATE KEY"), "{shown}");
 }
+
+fn pem_der(pem: &str) -> CertificateDer<'static> {
+    CertificateDer::from(cert_der_from_pem(pem.as_bytes()).unwrap())
+}
+
+#[test]
+fn node_serving_cert_serves_its_name_and_address() {
+    let (_dir, paths) = fresh();
+    let ip: IpAddr = "10.1.2.3".parse().unwrap();
+    let issued =
+        issue_node_serving_cert(&paths, "worker-7", &[ip], Duration::from_secs(3600)).unwrap();
+    let verifier = server_verifier(&paths);
+    for name in ["worker-7", "10.1.2.3", "localhost"] {
+        let sn = ServerName::try_from(name.to_string()).unwrap();
+        verifier
+            .verify_server_cert(&pem_der(&issued.cert_pem), &[], &sn, &[], UnixTime::now())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    // Server auth only: it must not pass as a client certificate.
+    assert!(client_verifier(&paths)
+        .verify_client_cert(&pem_der(&issued.cert_pem), &[], UnixTime::now())
+        .is_err());
+    assert_eq!(
+        serving_problem(issued.cert_pem.as_bytes(), "worker-7").unwrap(),
+        None
+    );
+    assert!(serving_problem(issued.cert_pem.as_bytes(), "other")
+        .unwrap()
+        .is_some());
+    // The peer certificate serves the node name too (workers use it).
+    let peer = fs::read(&paths.peer_cert).unwrap();
+    assert_eq!(serving_problem(&peer, "node-1").unwrap(), None);
+    let admin = fs::read(&paths.admin_cert).unwrap();
+    assert!(serving_problem(&admin, "node-1").unwrap().is_some());
+}
+
+#[test]
+fn client_cert_from_pem_matches_the_file_based_one() {
+    let (_dir, paths) = fresh();
+    let ca = fs::read(&paths.ca_cert).unwrap();
+    let key = fs::read_to_string(&paths.ca_key).unwrap();
+    let issued = issue_client_cert_from_pem(
+        &ca,
+        &key,
+        "system:tugboat-apiserver",
+        &[],
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    client_verifier(&paths)
+        .verify_client_cert(&pem_der(&issued.cert_pem), &[], UnixTime::now())
+        .unwrap();
+    let subject = cert_subject(issued.cert_pem.as_bytes()).unwrap();
+    assert_eq!(subject.common_name, "system:tugboat-apiserver");
+    assert!(subject.organizations.is_empty());
+    // A key of another CA is refused.
+    let (_other_dir, other) = fresh();
+    let other_key = fs::read_to_string(&other.ca_key).unwrap();
+    assert!(matches!(
+        issue_client_cert_from_pem(&ca, &other_key, "x", &[], Duration::from_secs(60)),
+        Err(PkiError::KeyMismatch { .. })
+    ));
+}

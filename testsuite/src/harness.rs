@@ -925,6 +925,23 @@ impl TugboatNode {
         if !opts.controllers {
             args.push("--controllers=off".into());
         }
+        // Members run no node agent unless a test asks for a runtime (`tugboatd`'s own default
+        // is the QEMU runtime).
+        if !opts
+            .extra_args
+            .iter()
+            .any(|a| a == "--runtime" || a.starts_with("--runtime="))
+        {
+            args.push("--runtime=none".into());
+        }
+        // Every node agent's log/console endpoint on a free port: several nodes share this host.
+        if !opts
+            .extra_args
+            .iter()
+            .any(|a| a == "--agent-port" || a.starts_with("--agent-port="))
+        {
+            args.push("--agent-port=0".into());
+        }
         args.extend(opts.extra_args.iter().cloned());
         let first_args = opts.join.as_ref().map(|j| {
             let mut first = vec![

@@ -8,6 +8,7 @@ pub mod load;
 pub mod netns;
 pub mod procstat;
 pub mod session;
+pub mod vmassets;
 
 pub use harness::*;
 pub mod linearizability;

@@ -102,6 +102,7 @@ fn node_agent_drives_ships_with_the_fake_runtime() {
             namespace: "default".into(),
             name: "gone".into(),
             image: IMAGE.into(),
+            ..VmSpec::default()
         })
         .await
         .unwrap_or_else(|e| panic!("start stale VM: {e}"));

@@ -135,7 +135,8 @@ fn binding(name: &str, role: &str, groups: &[&str]) -> Value {
 ///   `rbac.authorization.k8s.io/aggregate-to-{admin,edit,view}: "true"`; the rules for Tugboat's
 ///   resources come from `system:aggregate-to-{admin,edit,view}`. `view` cannot read Secrets;
 ///   `edit` may write Secrets but not read them back by get/list/watch; `admin` may read them and
-///   manage Roles and RoleBindings;
+///   manage Roles and RoleBindings; `view` reads `ships/log`, `edit` may also attach to
+///   `ships/console` (from `system:aggregate-to-{view:ships-log,edit:ships-console}`);
 /// * `system:basic-user` (self reviews) and `system:discovery` (discovery URLs), bound to
 ///   `system:authenticated`; `system:public-info-viewer` (`/version`, health) bound to
 ///   `system:authenticated` and `system:unauthenticated`;
@@ -204,6 +205,20 @@ pub fn bootstrap_policy() -> Vec<Value> {
                 rule(COORDINATION, &["leases"], READ),
                 rule(&["events.k8s.io"], &["events"], READ),
             ],
+        ),
+        // Separate from the roles above so that clusters bootstrapped before these
+        // subresources existed get them too (bootstrap objects are only created when missing).
+        cluster_role(
+            "system:aggregate-to-edit:ships-console",
+            &[(AGGREGATE_TO_EDIT, "true")],
+            // As pods/attach in Kubernetes' `edit`: an attach is a create, also when it
+            // arrives as an upgraded GET.
+            vec![rule(&[""], &["ships/console"], &["create", "get"])],
+        ),
+        cluster_role(
+            "system:aggregate-to-view:ships-log",
+            &[(AGGREGATE_TO_VIEW, "true")],
+            vec![rule(&[""], &["ships/log"], READ)],
         ),
         cluster_role(
             "system:basic-user",

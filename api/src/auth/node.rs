@@ -105,6 +105,11 @@ pub fn authorize(user: &UserInfo, attrs: &Attributes, field_selector: &str) -> O
         {
             allow(node, "reads what its Ships need")
         }
+        // Which Secrets and ConfigMaps a node's Ships reference is checked by
+        // [`admit_referenced`] against the Ships themselves.
+        ("", "secrets" | "configmaps") if verb == "get" && !attrs.name.is_empty() => {
+            allow(node, "reads a Secret or ConfigMap its Ships reference")
+        }
         // Anything else is up to RBAC (nothing is bound to system:nodes by default).
         _ => None,
     }
@@ -169,6 +174,59 @@ pub fn admit_bound_ship(user: &UserInfo, current: &Value) -> Result<(), ApiError
         name: name.to_string(),
         group: String::new(),
         kind: "ships".into(),
+    })
+}
+
+/// Whether `ship` (bound to any node) references the Secret (`secret` true) or ConfigMap
+/// `name` through cloud-init or a volume.
+pub fn ship_references(ship: &Value, secret: bool, name: &str) -> bool {
+    let spec = ship.get("spec");
+    let at = |p: &str| spec.and_then(|s| s.pointer(p)).and_then(Value::as_str);
+    if secret
+        && (at("/cloudInit/userDataSecretRef/name") == Some(name)
+            || at("/cloudInit/networkDataSecretRef/name") == Some(name))
+    {
+        return true;
+    }
+    let key = if secret {
+        "/secret/secretName"
+    } else {
+        "/configMap/name"
+    };
+    spec.and_then(|s| s.get("volumes"))
+        .and_then(Value::as_array)
+        .is_some_and(|vs| {
+            vs.iter()
+                .any(|v| v.pointer(key).and_then(Value::as_str) == Some(name))
+        })
+}
+
+/// Checks a node's read of a Secret or ConfigMap: some Ship bound to it in that namespace
+/// (`ships`) must reference it, as Kubernetes' node authorizer does.
+pub fn admit_referenced<'a>(
+    user: &UserInfo,
+    resource: &str,
+    name: &str,
+    mut ships: impl Iterator<Item = &'a Value>,
+) -> Result<(), ApiError> {
+    let Some(node) = node_name(user) else {
+        return Ok(());
+    };
+    let secret = resource == "secrets";
+    let referenced = ships.any(|s| {
+        s.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node)
+            && ship_references(s, secret, name)
+    });
+    if referenced {
+        return Ok(());
+    }
+    Err(ApiError::Forbidden {
+        message: format!(
+            "{resource} \"{name}\" is forbidden: node \"{node}\" may only read {resource} that Ships bound to it reference"
+        ),
+        name: name.to_string(),
+        group: String::new(),
+        kind: resource.to_string(),
     })
 }
 

@@ -114,6 +114,29 @@ pub async fn resource(
         let (cur, _) = current(api, &r.def, ns(&r), name(&r)?).await?;
         crate::auth::node::admit_bound_ship(user, &cur)?;
     }
+    if matches!(r.def.plural, "secrets" | "configmaps")
+        && r.def.group.is_empty()
+        && r.verb == "get"
+        && crate::auth::node::node_name(user).is_some()
+    {
+        let ships_def = api
+            .registry
+            .get("", "v1", "ships")
+            .ok_or(ApiError::NoRoute)?;
+        let prefix = storage::list_prefix(ships_def, ns(&r));
+        let end = format!("{prefix}\u{10ffff}");
+        let ships = api
+            .storage
+            .cache(ships_def.storage)
+            .map(|c| c.snapshot(&prefix, &end).0)
+            .unwrap_or_default();
+        crate::auth::node::admit_referenced(
+            user,
+            r.def.plural,
+            name(&r)?,
+            ships.iter().map(|(_, v)| v.as_ref()),
+        )?;
+    }
     match (r.verb, r.subresource.as_str()) {
         ("get", "scale") => get_scale(api, &r).await,
         ("get", _) => get(api, &r, headers, q).await,

@@ -2,6 +2,7 @@
 
 pub mod body;
 mod handlers;
+pub mod proxy;
 pub mod request;
 pub mod server;
 pub mod table;
@@ -50,6 +51,8 @@ pub struct ApiServer {
     pub authz: Authorizer,
     /// Where requests are recorded.
     pub audit: Option<AuditLog>,
+    /// How `ships/log` and `ships/console` reach node agents.
+    pub agents: proxy::AgentDialer,
 }
 
 impl ApiServer {
@@ -57,7 +60,9 @@ impl ApiServer {
     pub async fn handle(self: Arc<Self>, req: Request<Body>) -> Response {
         let started = Instant::now();
         let received = jiff::Timestamp::now();
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        // Present only on HTTP/1.1 requests that ask for an upgrade (ships/console).
+        let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
         let cert = parts
             .extensions
             .get::<ClientCert>()
@@ -117,6 +122,10 @@ impl ApiServer {
                 return Err(crate::auth::forbidden(&user, &attrs));
             }
             match target? {
+                Target::Resource(r) if proxy::is_proxied(&r) => {
+                    proxy::handle(&self, *r, &parts.method, &parts.headers, &query, on_upgrade)
+                        .await
+                }
                 Target::Resource(r) => {
                     handlers::resource(&self, &user, *r, &parts.headers, &query, body).await
                 }

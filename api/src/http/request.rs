@@ -169,11 +169,29 @@ pub fn resolve(
         "scale" => def.scale.is_some(),
         "token" => def.kind == "ServiceAccount",
         "binding" => def.kind == "Ship" && def.group.is_empty(),
+        // Proxied to the node agent (crate::http::proxy).
+        "log" | "console" => def.kind == "Ship" && def.group.is_empty(),
         "finalize" => def.kind == "Namespace",
         _ => false,
     };
     if !valid_sub {
         return Err(ApiError::NoRoute);
+    }
+    if sub == "console" && name.is_some() {
+        // Attaching writes to the guest, so it needs `create` also when it arrives as a GET
+        // with an upgrade (as Kubernetes authorizes pods/attach over websockets).
+        return match method.as_str() {
+            "GET" | "POST" => Ok(Target::Resource(Box::new(ResourceRequest {
+                def,
+                namespace,
+                name,
+                subresource: sub.to_string(),
+                verb: "create",
+            }))),
+            _ => Err(ApiError::MethodNotAllowed(
+                "ships/console only supports GET and POST with an upgrade".into(),
+            )),
+        };
     }
     let watch = query.flag("watch");
     let verb: &'static str = match (method.as_str(), name.is_some()) {

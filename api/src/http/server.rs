@@ -76,7 +76,10 @@ pub async fn serve(
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(1000)
                 .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
-            if let Err(e) = builder.serve_connection(TokioIo::new(tls), svc).await {
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                .await
+            {
                 tracing::debug!(%remote, error = %e, "api connection ended");
             }
         });

@@ -291,6 +291,25 @@ pub struct CloudInit {
     pub network_data_secret_ref: Option<k8s::LocalObjectReference>,
 }
 
+/// Guest OS facts reported by qemu-guest-agent.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+#[schemars(rename = "io.tugboat.core.v1.GuestOsInfo")]
+pub struct GuestOsInfo {
+    /// OS name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// OS version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Kernel release.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_release: Option<String>,
+    /// Hostname the guest reports.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+}
+
 /// Observed state of a Ship.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
@@ -339,6 +358,9 @@ pub struct ShipStatus {
     /// State of the current or last live migration.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub migration: Option<MigrationStatus>,
+    /// What the guest agent reports about the guest OS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guest_os_info: Option<GuestOsInfo>,
 }
 
 /// A guest network interface.

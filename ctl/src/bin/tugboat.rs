@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-use tugboat_ctl::{kubeconfig, nodes, token};
+use tugboat_ctl::{images, kubeconfig, nodes, token};
 
 /// Tugboat command line.
 #[derive(Parser, Debug)]
@@ -14,6 +14,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Ship operations through the apiserver: start, stop, restart, logs, console.
+    #[command(flatten)]
+    Ship(tugboat_ctl::shipctl::ShipCommand),
     /// Join tokens for new members.
     Token {
         #[command(subcommand)]
@@ -41,6 +44,17 @@ enum Command {
         /// Certificate lifetime (e.g. 12h, 30d).
         #[arg(long, default_value = "365d")]
         ttl: String,
+    },
+    /// Build a VM image from an Imagefile and a context directory.
+    Build(images::BuildArgs),
+    /// Push a local VM image to its registry.
+    Push(images::PushArgs),
+    /// Pull a VM image from a registry.
+    Pull(images::PullArgs),
+    /// VM images on this host: ls, rm, tag, save, load.
+    Image {
+        #[command(subcommand)]
+        action: images::ImageCommand,
     },
 }
 
@@ -94,6 +108,11 @@ enum TokenAction {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Ship(cmd) => tugboat_ctl::shipctl::run(cmd).await?,
+        Command::Build(args) => images::build(args).await?,
+        Command::Push(args) => images::push(args).await?,
+        Command::Pull(args) => images::pull(args).await?,
+        Command::Image { action } => images::image(action).await?,
         Command::Node {
             action: NodeAction::List { data_dir },
         } => print!("{}", nodes::render(&nodes::list(&data_dir).await?)),

@@ -303,6 +303,12 @@ fn bootstrap_roles() {
         ""
     ));
     assert!(!can("editor", "update", "", "ships", "status"));
+    // Logs are for viewers; attaching to a console is an edit (as pods/log and pods/attach).
+    assert!(can("viewer", "get", "", "ships", "log"));
+    assert!(!can("viewer", "create", "", "ships", "console"));
+    assert!(can("editor", "get", "", "ships", "log"));
+    assert!(can("editor", "create", "", "ships", "console"));
+    assert!(can("owner", "create", "", "ships", "console"));
     // admin
     assert!(can("owner", "get", "", "secrets", ""));
     assert!(can("owner", "delete", "apps", "fleets", ""));

@@ -1,0 +1,490 @@
+//! Real VMs under QEMU (TCG on this machine), end to end with the real clients:
+//!
+//! - a guest image is built with `tugboat build` from Debian's cloud kernel and a busybox
+//!   initramfs, pushed with `tugboat push` to Debian's `docker-registry` on loopback, and a
+//!   Ship applied with `kubectl` boots it: the guest's marker appears in the serial log
+//!   (`tugboat logs`) and the Ship is Running; its cloud-init ISO reads back;
+//! - `tugboatd` restarted while the VM runs: same QEMU pid, re-adopted, still Running;
+//! - `tugboat stop|start|restart`; a QEMU killed with SIGKILL under RerunOnFailure and a guest
+//!   that powers itself off under Always are restarted; Halted keeps it off; delete removes
+//!   the process, sockets, overlay and ISO;
+//! - `tugboat image save` on one node and `tugboat image load` into another data dir with the
+//!   registry gone, then a Ship from it boots there.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tugboat_testsuite::harness::tugboat_cli_bin;
+use tugboat_testsuite::kube::{wait_api_ready, Kubectl};
+use tugboat_testsuite::vmassets::{self, Registry, MARKER};
+use tugboat_testsuite::{TugboatNode, TugboatOptions};
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+const SHIP_CLASS: &str = "apiVersion: v1\nkind: ShipClass\nmetadata:\n  name: tiny\nspec:\n  cpu:\n    cores: 1\n    maxCores: 2\n  memory:\n    size: 192Mi\n    maxSize: 512Mi\n";
+
+#[track_caller]
+fn wait_until<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let start = Instant::now();
+    loop {
+        let last = match f() {
+            Ok(v) => return v,
+            Err(e) => e,
+        };
+        if start.elapsed() > deadline {
+            panic!("{what}: not reached within {deadline:?}; last: {last}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Runs the `tugboat` CLI; panics with its output unless it succeeds.
+#[track_caller]
+fn tugboat(args: &[&str]) -> String {
+    let bin = tugboat_cli_bin().unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new(&bin)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running tugboat {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "tugboat {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn node_opts(name: &str, extra: &[&str]) -> TugboatOptions {
+    let mut args: Vec<String> = [
+        "--runtime",
+        "qemu",
+        "--node-heartbeat-interval",
+        "2",
+        "--node-monitor-grace-period",
+        "20",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    TugboatOptions {
+        name: name.into(),
+        api: true,
+        controllers: true,
+        extra_args: args,
+        ..TugboatOptions::default()
+    }
+}
+
+fn ship(k: &Kubectl, name: &str) -> Value {
+    k.json(&["get", "ship", name, "-o", "json"])
+        .unwrap_or_else(|e| panic!("get ship {name}: {e}"))
+}
+
+fn field<'a>(v: &'a Value, path: &str) -> &'a Value {
+    v.pointer(path).unwrap_or(&Value::Null)
+}
+
+fn ship_dir(node: &TugboatNode, uid: &str) -> PathBuf {
+    node.data_dir().join("ships").join(uid)
+}
+
+fn qemu_pid(node: &TugboatNode, uid: &str) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(ship_dir(node, uid).join("qemu.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+}
+
+fn wait_phase(k: &Kubectl, name: &str, phase: &str) -> Value {
+    wait_until(&format!("ship {name} {phase}"), DEADLINE, || {
+        let s = ship(k, name);
+        if field(&s, "/status/phase") == phase {
+            Ok(s)
+        } else {
+            Err(format!("{}", field(&s, "/status")))
+        }
+    })
+}
+
+/// The serial log through the apiserver and the agent (an error until the VM exists).
+fn logs(kubeconfig: &Path, name: &str) -> Result<String, String> {
+    let bin = tugboat_cli_bin().map_err(|e| e.to_string())?;
+    let out = Command::new(&bin)
+        .args(["logs", name, "--kubeconfig"])
+        .arg(kubeconfig)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn marker_count(log: &str) -> usize {
+    log.lines().filter(|l| l.contains(MARKER)).count()
+}
+
+fn wait_markers(kubeconfig: &Path, name: &str, at_least: usize) -> String {
+    wait_until(
+        &format!("{at_least} guest marker(s) of {name}"),
+        DEADLINE,
+        || {
+            let log = logs(kubeconfig, name)?;
+            if marker_count(&log) >= at_least {
+                Ok(log)
+            } else {
+                Err(log.lines().rev().take(5).collect::<Vec<_>>().join(" | "))
+            }
+        },
+    )
+}
+
+fn ship_yaml(name: &str, image: &str, strategy: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Ship\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  image: {image}\n  shipClass: tiny\n  runStrategy: {strategy}\n  terminationGracePeriodSeconds: 2\n  cloudInit:\n    userData: |\n      #cloud-config\n      hostname: {name}\n"
+    )
+}
+
+struct Cleanup(Vec<PathBuf>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            vmassets::kill_vms_under(d);
+        }
+    }
+}
+
+#[test]
+fn real_vm_from_registry_lifecycle_and_readoption() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let registry = Registry::start().unwrap_or_else(|e| panic!("{e}"));
+    let images = work.path().join("client-images");
+    let images_s = images.to_string_lossy().into_owned();
+    let reference = format!("{}/tugboat-test/marker:v1", registry.host);
+    let poweroff_ref = format!("{}/tugboat-test/poweroff:v1", registry.host);
+    for (dir, extra, r) in [
+        ("ctx", "", &reference),
+        ("ctx-poweroff", "tugboat_test=poweroff", &poweroff_ref),
+    ] {
+        let ctx = work.path().join(dir);
+        let imagefile = vmassets::build_context(&ctx, extra).unwrap_or_else(|e| panic!("{e}"));
+        tugboat(&[
+            "build",
+            "-f",
+            &imagefile.to_string_lossy(),
+            "-t",
+            r,
+            &ctx.to_string_lossy(),
+            "--image-dir",
+            &images_s,
+        ]);
+        tugboat(&[
+            "push",
+            r,
+            "--image-dir",
+            &images_s,
+            "--insecure-registry",
+            &registry.host,
+        ]);
+    }
+
+    let mut node = TugboatNode::start(node_opts("vm1", &["--insecure-registry", &registry.host]))
+        .expect("start tugboatd");
+    let _cleanup = Cleanup(vec![node.data_dir().to_path_buf()]);
+    wait_api_ready(&node).unwrap_or_else(|e| panic!("{e}"));
+    let k = Kubectl::admin(&node).expect("kubectl");
+    let kubeconfig = node.kubeconfig_path();
+    let kc = kubeconfig.to_string_lossy().into_owned();
+    k.ok_stdin(&["apply", "-f", "-"], SHIP_CLASS)
+        .expect("apply ShipClass");
+    k.ok_stdin(
+        &["apply", "-f", "-"],
+        &ship_yaml("web", &reference, "Always"),
+    )
+    .expect("apply Ship");
+
+    // Boots from the registry image; the marker shows in the serial log.
+    let s = wait_phase(&k, "web", "Running");
+    let uid = field(&s, "/metadata/uid")
+        .as_str()
+        .expect("uid")
+        .to_string();
+    let log = wait_markers(&kubeconfig, "web", 1);
+    assert!(
+        log.contains("console=ttyS0"),
+        "kernel cmdline in log: {log}"
+    );
+    let dir = ship_dir(&node, &uid);
+    let pid = qemu_pid(&node, &uid).expect("qemu pid while Running");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("qemu cmdline");
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(cmdline.contains("-nodefaults"), "{cmdline}");
+    // The accelerator the probe chose is reported on the Node and used on the command line
+    // (TCG on this machine, whose /dev/kvm opens but crashes real guests).
+    let node_json = k.json(&["get", "node", "vm1", "-o", "json"]).expect("node");
+    let kvm = field(&node_json, "/status/conditions")
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "KVMAvailable"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no KVMAvailable condition: {node_json}"));
+    let accel = if kvm["status"] == "True" {
+        "kvm"
+    } else {
+        "tcg"
+    };
+    assert!(
+        cmdline.contains(&format!("accel={accel}")),
+        "{kvm} vs {cmdline}"
+    );
+    assert!(cmdline.contains("maxcpus=2"), "hotplug headroom: {cmdline}");
+    assert!(
+        cmdline.contains("maxmem=512M"),
+        "memory headroom: {cmdline}"
+    );
+
+    // The root disk is a linked clone: a qcow2 overlay whose backing file is the cached image.
+    let info = Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(dir.join("root.qcow2"))
+        .output()
+        .expect("qemu-img info");
+    let info: Value = serde_json::from_slice(&info.stdout).expect("qemu-img json");
+    let backing = field(&info, "/backing-filename").as_str().unwrap_or("");
+    assert!(
+        backing.starts_with(
+            &node
+                .data_dir()
+                .join("images")
+                .to_string_lossy()
+                .into_owned()
+        ),
+        "overlay backed by the node cache: {info}"
+    );
+
+    // cloud-init ISO: our reader and isoinfo both see the NoCloud files.
+    let iso = std::fs::read(dir.join("cidata.iso")).expect("cidata.iso");
+    let contents = tugboat_qemu::iso9660::read_iso(&iso).expect("read ISO");
+    let names: Vec<String> = contents.files.iter().map(|f| f.name.clone()).collect();
+    assert!(names.contains(&"user-data".to_string()), "{names:?}");
+    assert!(names.contains(&"meta-data".to_string()), "{names:?}");
+    let iso_ud = Command::new("isoinfo")
+        .args(["-J", "-x", "/user-data", "-i"])
+        .arg(dir.join("cidata.iso"))
+        .output()
+        .expect("isoinfo (Debian genisoimage) must be installed");
+    assert!(
+        String::from_utf8_lossy(&iso_ud.stdout).contains("hostname: web"),
+        "user-data through isoinfo"
+    );
+
+    // The Node reports the image it caches.
+    wait_until("image in Node.status.images", DEADLINE, || {
+        let n = k
+            .json(&["get", "node", "vm1", "-o", "json"])
+            .map_err(|e| e.to_string())?;
+        let images = field(&n, "/status/images").to_string();
+        images
+            .contains("tugboat-test/marker")
+            .then_some(())
+            .ok_or(images)
+    });
+
+    // tugboatd restarted (and even SIGKILLed) while the VM runs: same QEMU, re-adopted.
+    node.kill9();
+    assert_eq!(qemu_pid(&node, &uid), Some(pid), "VM survives tugboatd");
+    node.restart().expect("restart tugboatd");
+    wait_api_ready(&node).unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(Duration::from_secs(3));
+    let s = wait_phase(&k, "web", "Running");
+    assert_eq!(
+        qemu_pid(&node, &uid),
+        Some(pid),
+        "re-adopted, not restarted"
+    );
+    assert_eq!(field(&s, "/status/restartCount"), 0, "{s}");
+
+    // tugboat stop: Halted, the process is gone and stays gone; the disk stays.
+    assert!(tugboat(&["stop", "web", "--kubeconfig", &kc]).contains("web"));
+    wait_phase(&k, "web", "Stopped");
+    wait_until("qemu gone after stop", DEADLINE, || {
+        qemu_pid(&node, &uid).map_or(Ok(()), |p| Err(format!("pid {p}")))
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(qemu_pid(&node, &uid), None, "Halted keeps it off");
+    assert!(dir.join("root.qcow2").exists(), "stop keeps the disk");
+
+    // tugboat start: a new process boots again.
+    tugboat(&["start", "web", "--kubeconfig", &kc]);
+    wait_phase(&k, "web", "Running");
+    wait_markers(&kubeconfig, "web", 2);
+    let pid2 = qemu_pid(&node, &uid).expect("pid after start");
+    assert_ne!(pid2, pid);
+
+    // tugboat restart: another new process.
+    tugboat(&["restart", "web", "--kubeconfig", &kc]);
+    wait_until("new qemu after restart", DEADLINE, || {
+        match qemu_pid(&node, &uid) {
+            Some(p) if p != pid2 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    wait_markers(&kubeconfig, "web", 3);
+
+    // RerunOnFailure: QEMU killed outright is a failure, and the VM comes back.
+    k.ok(&[
+        "patch",
+        "ship",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"runStrategy":"RerunOnFailure"}}"#,
+    ])
+    .expect("patch runStrategy");
+    let pid3 = qemu_pid(&node, &uid).expect("pid before kill");
+    Command::new("kill")
+        .args(["-9", &pid3.to_string()])
+        .status()
+        .expect("kill qemu");
+    wait_until(
+        "qemu restarted after SIGKILL",
+        DEADLINE,
+        || match qemu_pid(&node, &uid) {
+            Some(p) if p != pid3 => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let s = wait_phase(&k, "web", "Running");
+    assert!(
+        field(&s, "/status/restartCount").as_i64().unwrap_or(0) >= 1,
+        "{s}"
+    );
+
+    // Always: a guest that powers itself off is booted again.
+    k.ok_stdin(
+        &["apply", "-f", "-"],
+        &ship_yaml("bouncer", &poweroff_ref, "Always"),
+    )
+    .expect("apply bouncer");
+    wait_markers(&kubeconfig, "bouncer", 2);
+    let b = ship(&k, "bouncer");
+    assert!(
+        field(&b, "/status/restartCount").as_i64().unwrap_or(0) >= 1,
+        "{b}"
+    );
+    // Halted: it stays off.
+    k.ok(&[
+        "patch",
+        "ship",
+        "bouncer",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"runStrategy":"Halted"}}"#,
+    ])
+    .expect("halt bouncer");
+    wait_phase(&k, "bouncer", "Stopped");
+    let b_uid = field(&ship(&k, "bouncer"), "/metadata/uid")
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(qemu_pid(&node, &b_uid), None, "Halted stays off");
+
+    // Delete: process, sockets, overlay and ISO are gone.
+    k.ok(&["delete", "ship", "web", "--wait=true", "--timeout=90s"])
+        .expect("delete ship");
+    assert_eq!(qemu_pid(&node, &uid), None);
+    assert!(!dir.exists(), "ship dir removed: {}", dir.display());
+    k.ok(&["delete", "ship", "bouncer", "--wait=true", "--timeout=90s"])
+        .expect("delete bouncer");
+    assert!(!ship_dir(&node, &b_uid).exists());
+}
+
+#[test]
+fn air_gapped_save_and_load() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let mut registry = Registry::start().unwrap_or_else(|e| panic!("{e}"));
+    let images = work.path().join("builder-images");
+    let images_s = images.to_string_lossy().into_owned();
+    let reference = format!("{}/tugboat-test/airgap:v1", registry.host);
+    let ctx = work.path().join("ctx");
+    let imagefile = vmassets::build_context(&ctx, "").unwrap_or_else(|e| panic!("{e}"));
+    tugboat(&[
+        "build",
+        "-f",
+        &imagefile.to_string_lossy(),
+        "-t",
+        &reference,
+        &ctx.to_string_lossy(),
+        "--image-dir",
+        &images_s,
+    ]);
+    // Pushed and pulled once on a connected machine, then saved to a file.
+    tugboat(&[
+        "push",
+        &reference,
+        "--image-dir",
+        &images_s,
+        "--insecure-registry",
+        &registry.host,
+    ]);
+    let connected = work.path().join("connected-images");
+    tugboat(&[
+        "pull",
+        &reference,
+        "--image-dir",
+        &connected.to_string_lossy(),
+        "--insecure-registry",
+        &registry.host,
+    ]);
+    let archive = work.path().join("airgap.tar");
+    tugboat(&[
+        "image",
+        "save",
+        &reference,
+        "-o",
+        &archive.to_string_lossy(),
+        "--image-dir",
+        &connected.to_string_lossy(),
+    ]);
+    // The site has no registry at all.
+    registry.stop();
+
+    let node = TugboatNode::start(node_opts("edge", &[])).expect("start tugboatd");
+    let _cleanup = Cleanup(vec![node.data_dir().to_path_buf()]);
+    tugboat(&[
+        "image",
+        "load",
+        &archive.to_string_lossy(),
+        "--data-dir",
+        &node.data_dir().to_string_lossy(),
+    ]);
+    let listed = tugboat(&[
+        "image",
+        "ls",
+        "--data-dir",
+        &node.data_dir().to_string_lossy(),
+    ]);
+    assert!(listed.contains("tugboat-test/airgap"), "{listed}");
+    wait_api_ready(&node).unwrap_or_else(|e| panic!("{e}"));
+    let k = Kubectl::admin(&node).expect("kubectl");
+    k.ok_stdin(&["apply", "-f", "-"], SHIP_CLASS)
+        .expect("apply ShipClass");
+    k.ok_stdin(
+        &["apply", "-f", "-"],
+        &ship_yaml("offline", &reference, "Always"),
+    )
+    .expect("apply Ship");
+    wait_phase(&k, "offline", "Running");
+    wait_markers(&node.kubeconfig_path(), "offline", 1);
+    k.ok(&["delete", "ship", "offline", "--wait=true", "--timeout=90s"])
+        .expect("delete ship");
+}
