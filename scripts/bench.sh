@@ -15,6 +15,7 @@
 #   BENCH_ONLY=api scripts/bench.sh    # only the Kubernetes API benchmark (apibench); writes to stdout
 #   BENCH_API=0 scripts/bench.sh       # leave the API benchmark out of a full run
 #   BENCH_ONLY=sched scripts/bench.sh  # only the scheduling benchmark (schedbench); writes to stdout
+#   BENCH_ONLY=vm scripts/bench.sh     # only the VM benchmark (vmbench: boot vs bare QEMU, RSS per VM, 1 GiB pull vs skopeo)
 #   BENCH_SCHED=0 scripts/bench.sh     # leave the scheduling benchmark out of a full run
 #   SCHEDBENCH_NODES=100 SCHEDBENCH_SHIPS=1000 BENCH_ONLY=sched scripts/bench.sh  # quick run
 #                                      # (all SCHEDBENCH_* knobs: target/release/schedbench --help)
@@ -65,6 +66,7 @@ JOIN_REPEAT=${BENCH_JOIN_REPEAT:-5}
 KILLS=${BENCH_FAILOVER_KILLS:-10}
 API=${BENCH_API:-1}
 SCHED=${BENCH_SCHED:-1}
+VM=${BENCH_VM:-1}
 KUBECTL_BIN=${KUBECTL_BIN:-/usr/bin/kubectl}
 CLUSTER_CONNS=6 # two HTTP/2 connections per member when spreading over three
 HEARTBEAT_MS=100
@@ -72,7 +74,7 @@ ELECTION_MS=1000
 PROBE_INTERVAL_MS=5
 COMMAND_LINE="${BENCH_DURATION:+BENCH_DURATION=$BENCH_DURATION }${BENCH_REPEAT:+BENCH_REPEAT=$BENCH_REPEAT }\
 ${BENCH_JOIN_REPEAT:+BENCH_JOIN_REPEAT=$BENCH_JOIN_REPEAT }${BENCH_FAILOVER_KILLS:+BENCH_FAILOVER_KILLS=$BENCH_FAILOVER_KILLS }\
-${BENCH_CLUSTER:+BENCH_CLUSTER=$BENCH_CLUSTER }${BENCH_API:+BENCH_API=$BENCH_API }${BENCH_SCHED:+BENCH_SCHED=$BENCH_SCHED }${BENCH_ONLY:+BENCH_ONLY=$BENCH_ONLY }scripts/bench.sh"
+${BENCH_CLUSTER:+BENCH_CLUSTER=$BENCH_CLUSTER }${BENCH_API:+BENCH_API=$BENCH_API }${BENCH_SCHED:+BENCH_SCHED=$BENCH_SCHED }${BENCH_VM:+BENCH_VM=$BENCH_VM }${BENCH_ONLY:+BENCH_ONLY=$BENCH_ONLY }scripts/bench.sh"
 export ETCDCTL_API=3
 
 die() { echo "bench.sh: $*" >&2; exit 1; }
@@ -83,16 +85,18 @@ done
 command -v python3 >/dev/null || die "python3 is needed to render the report"
 case "$ONLY" in
     "") ;;
-    etcd) API=0; SCHED=0 ;;
-    cluster) CLUSTER=1; API=0; SCHED=0 ;;
-    api) CLUSTER=0; API=1; SCHED=0 ;;
-    sched) CLUSTER=0; API=0; SCHED=1 ;;
-    *) die "BENCH_ONLY must be etcd, cluster, api or sched" ;;
+    etcd) API=0; SCHED=0; VM=0 ;;
+    cluster) CLUSTER=1; API=0; SCHED=0; VM=0 ;;
+    api) CLUSTER=0; API=1; SCHED=0; VM=0 ;;
+    sched) CLUSTER=0; API=0; SCHED=1; VM=0 ;;
+    vm) CLUSTER=0; API=0; SCHED=0; VM=1 ;;
+    *) die "BENCH_ONLY must be etcd, cluster, api, sched or vm" ;;
 esac
 SINGLE=1
 [ "$ONLY" = cluster ] && SINGLE=0
 [ "$ONLY" = api ] && SINGLE=0
 [ "$ONLY" = sched ] && SINGLE=0
+[ "$ONLY" = vm ] && SINGLE=0
 [ "$CLUSTER" = 0 ] || [ "$CLUSTER" = 1 ] || die "BENCH_CLUSTER must be 0 or 1"
 [ "$API" = 0 ] || [ "$API" = 1 ] || die "BENCH_API must be 0 or 1"
 [ "$SCHED" = 0 ] || [ "$SCHED" = 1 ] || die "BENCH_SCHED must be 0 or 1"
@@ -113,12 +117,16 @@ TUGBOAT_CLI=$TARGET_DIR/release/tugboat
 LOADGEN=$TARGET_DIR/release/tugboat-loadgen
 APIBENCH=$TARGET_DIR/release/apibench
 SCHEDBENCH=$TARGET_DIR/release/schedbench
+VMBENCH=$TARGET_DIR/release/vmbench
 [ -x "$LOADGEN" ] || die "$LOADGEN missing (cargo build --release -p tugboat-testsuite)"
 if [ "$API" = 1 ]; then
     [ -x "$APIBENCH" ] || die "$APIBENCH missing (cargo build --release -p tugboat-testsuite --bin apibench)"
 fi
 if [ "$SCHED" = 1 ]; then
     [ -x "$SCHEDBENCH" ] || die "$SCHEDBENCH missing (cargo build --release -p tugboat-testsuite --bin schedbench)"
+fi
+if [ "$VM" = 1 ]; then
+    [ -x "$VMBENCH" ] || die "$VMBENCH missing (cargo build --release -p tugboat-testsuite --bin vmbench)"
 fi
 if [ "$ONLY" != etcd ]; then
     [ -x "$TUGBOATD" ] || die "$TUGBOATD missing (cargo build --release -p tugboat-ctl)"
@@ -580,6 +588,18 @@ if [ "$SCHED" = 1 ]; then
     echo "== scheduling benchmark took $((SECONDS - sched_started)) s" >&2
 fi
 
+# The VM benchmark boots real QEMU guests (TCG here) through its own tugboatd and beside
+# bare QEMU, and pulls a large image from Debian's docker-registry with tugboat and skopeo.
+if [ "$VM" = 1 ]; then
+    echo "== VM benchmark (vmbench)" >&2
+    vm_started=$SECONDS
+    TUGBOATD_BIN=$TUGBOATD "$VMBENCH" --markdown-out "$RESULTS/vm.md" >"$WORK/vmbench.out" ||
+        echo "bench.sh: vmbench reported a failure" >&2
+    cat "$WORK/vmbench.out" >&2
+    [ -s "$RESULTS/vm.md" ] || die "vmbench wrote no report"
+    echo "== VM benchmark took $((SECONDS - vm_started)) s" >&2
+fi
+
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 ETCD_VERSION=$("$ETCD_BIN" --version 2>/dev/null | awk '/etcd Version/ { print $3 }')
 GIT_REV=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -594,6 +614,11 @@ OUT=$ROOT/docs/benchmarks.md
 OUT=${BENCH_OUT:-$OUT}
 if [ "$ONLY" = api ]; then
     cat "$RESULTS/api.md" >"$OUT"
+    [ "$OUT" = /dev/stdout ] || echo "== wrote $OUT" >&2
+    exit 0
+fi
+if [ "$ONLY" = vm ]; then
+    cat "$RESULTS/vm.md" >"$OUT"
     [ "$OUT" = /dev/stdout ] || echo "== wrote $OUT" >&2
     exit 0
 fi
@@ -866,6 +891,9 @@ if os.path.exists(api_md):
 sched_md = os.path.join(res, "sched.md")
 if os.path.exists(sched_md):
     doc += "\n" + open(sched_md).read()
+vm_md = os.path.join(res, "vm.md")
+if os.path.exists(vm_md):
+    doc += "\n## Real VMs: Tugboat beside bare QEMU\n\n" + open(vm_md).read()
 open(out, "w").write(doc)
 PY
 [ "$OUT" = /dev/stdout ] || echo "== wrote $OUT" >&2

@@ -534,6 +534,51 @@ mod tests {
         assert_ne!(a, outcomes(8).await);
     }
 
+    #[tokio::test]
+    async fn console_socket_and_log_follow_the_vm() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rt = FakeRuntime::new(FakeConfig {
+            console_dir: Some(dir.path().to_path_buf()),
+            ..FakeConfig::default()
+        });
+        assert!(matches!(
+            rt.console("v").await,
+            Err(RuntimeError::NotFound(_))
+        ));
+        rt.start(&spec("v")).await.expect("start");
+        let ends = rt.console("v").await.expect("console");
+        assert_eq!(ends.socket, dir.path().join("v.sock"));
+        let mut conn = tokio::net::UnixStream::connect(&ends.socket)
+            .await
+            .expect("connect");
+        async fn read_until(conn: &mut tokio::net::UnixStream, want: &str) {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 256];
+            while !String::from_utf8_lossy(&got).contains(want) {
+                let n = conn.read(&mut buf).await.expect("read");
+                assert!(n > 0, "closed before {want:?}");
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+        read_until(&mut conn, "fake console default/v\r\n").await;
+        conn.write_all(b"hi").await.expect("write");
+        read_until(&mut conn, "HI").await;
+        let log = std::fs::read_to_string(&ends.log).expect("log");
+        assert!(log.starts_with("[fake] booting default/v"), "{log}");
+        assert!(log.ends_with("HI"), "{log}");
+        rt.stop("v", false).await.expect("stop");
+        assert!(!ends.socket.exists());
+        assert!(ends.log.exists(), "a stopped VM keeps its log");
+        rt.delete("v").await.expect("delete");
+        assert!(!ends.log.exists(), "a deleted VM's log goes with it");
+        let plain = FakeRuntime::new(FakeConfig::default());
+        plain.start(&spec("p")).await.expect("start");
+        assert!(matches!(
+            plain.console("p").await,
+            Err(RuntimeError::Unavailable(_))
+        ));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn manual_crash_and_stale_timers() {
         let rt = FakeRuntime::new(FakeConfig {

@@ -229,3 +229,36 @@ pub async fn resolve_vm_spec(
             .map(|s| u32::try_from(s.clamp(0, 3600)).unwrap_or(30)),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_become_bytes_and_bad_ones_are_named() {
+        assert_eq!(bytes_of("4Gi", "m").unwrap(), 4 << 30);
+        assert_eq!(bytes_of("192Mi", "m").unwrap(), 192 << 20);
+        assert_eq!(bytes_of("1G", "m").unwrap(), 1_000_000_000);
+        let e = bytes_of("lots", "ShipClass memory.size").unwrap_err();
+        assert!(e.to_string().contains("ShipClass memory.size"), "{e}");
+        assert!(bytes_of("0", "m").is_err());
+        assert!(bytes_of("-1Gi", "m").is_err());
+    }
+
+    #[test]
+    fn counts_are_bounded() {
+        assert_eq!(count(None, "c").unwrap(), 0);
+        assert_eq!(count(Some(4), "c").unwrap(), 4);
+        assert!(count(Some(0), "c").is_err());
+        assert!(count(Some(513), "c").is_err());
+    }
+
+    #[test]
+    fn reasons_name_the_problem() {
+        assert_eq!(
+            ResolveError::ShipClassNotFound("x".into()).reason(),
+            "ShipClassNotFound"
+        );
+        assert_eq!(ResolveError::Invalid("x".into()).reason(), "InvalidSpec");
+    }
+}

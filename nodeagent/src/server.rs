@@ -49,6 +49,8 @@ pub const MASTERS_GROUP: &str = "system:masters";
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a console attach waits for a previous client's session to end.
+const ATTACH_GRACE: Duration = Duration::from_secs(1);
 /// Read size of log streaming.
 const CHUNK: usize = 32 * 1024;
 
@@ -627,7 +629,17 @@ async fn console<R: Runtime>(
         Ok(e) => e,
         Err(e) => return runtime_error(uid, e),
     };
-    let Some(claim) = Claim::take(&state.attached, uid) else {
+    // A client that just detached may still hold the console for a moment while its session
+    // winds down; a re-attach waits for that instead of failing.
+    let mut claim = Claim::take(&state.attached, uid);
+    for _ in 0..(ATTACH_GRACE.as_millis() / 50) {
+        if claim.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        claim = Claim::take(&state.attached, uid);
+    }
+    let Some(claim) = claim else {
         return status(
             StatusCode::CONFLICT,
             format!("console already attached: VM {uid} has a console client; its serial socket takes one at a time"),
@@ -657,11 +669,8 @@ async fn console<R: Runtime>(
             }
         };
         tracing::info!(%uid, %user, "console attached");
-        let (mut conn, mut socket) = (TokioIo::new(upgraded), socket);
-        match tokio::io::copy_bidirectional(&mut conn, &mut socket).await {
-            Ok((to_vm, from_vm)) => tracing::info!(%uid, %user, to_vm, from_vm, "console detached"),
-            Err(e) => tracing::info!(%uid, %user, error = %e, "console ended"),
-        }
+        let end = pipe(TokioIo::new(upgraded), socket).await;
+        tracing::info!(%uid, %user, %end, "console detached");
     });
     let mut resp = Response::new(full(Bytes::new()));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -674,6 +683,29 @@ async fn console<R: Runtime>(
         http::HeaderValue::from_static(CONSOLE_PROTOCOL),
     );
     resp
+}
+
+/// Copies bytes both ways until either side is done, and says which. The session ends when
+/// the client stops sending (it went away or closed its side) even if the VM side stays open:
+/// a serial socket does not answer a half-close, and the console must be free for the next
+/// client.
+async fn pipe<C, V>(client: C, vm: V) -> String
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+    V: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    let (mut client_rd, mut client_wr) = tokio::io::split(client);
+    let (mut vm_rd, mut vm_wr) = tokio::io::split(vm);
+    tokio::select! {
+        r = tokio::io::copy(&mut client_rd, &mut vm_wr) => match r {
+            Ok(n) => format!("client closed after sending {n} bytes"),
+            Err(e) => format!("client: {e}"),
+        },
+        r = tokio::io::copy(&mut vm_rd, &mut client_wr) => match r {
+            Ok(n) => format!("console socket closed after {n} bytes"),
+            Err(e) => format!("console: {e}"),
+        },
+    }
 }
 
 #[cfg(test)]

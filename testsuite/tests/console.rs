@@ -134,6 +134,16 @@ fn tugboat(kubeconfig: &Path, args: &[&str], stdin: &str) -> CmdOutput {
     }
 }
 
+/// A child process killed when the test ends, also by a panic.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[track_caller]
 fn ok(o: CmdOutput, what: &str) -> String {
     assert!(
@@ -164,6 +174,63 @@ fn phase_is(k: &Kubectl, name: &str, phase: &str) -> Result<Value, String> {
         Some(p) if p == phase => Ok(s),
         _ => Err(format!("{:?}", s.get("status"))),
     }
+}
+
+/// `tugboat console` on a pseudo-terminal (util-linux `script`): raw mode, echo, and Ctrl-]
+/// detaching with exit status 0.
+fn attach_on_a_terminal(kubeconfig: &Path) {
+    let script = Path::new("/usr/bin/script");
+    if !script.is_file() {
+        eprintln!("skipping the terminal attach: no {}", script.display());
+        return;
+    }
+    let bin = tugboat_cli_bin().unwrap_or_else(|e| panic!("{e}"));
+    let cmd = format!(
+        "{} console web --kubeconfig {}",
+        bin.display(),
+        kubeconfig.display()
+    );
+    let out = Outputs::new();
+    let mut child = KillOnDrop(
+        Command::new(script)
+            .args(["-q", "-f", "-e", "-c", &cmd, "/dev/null"])
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::piped())
+            .stdout(std::fs::File::create(&out.stdout).expect("stdout file"))
+            .stderr(std::fs::File::create(&out.stderr).expect("stderr file"))
+            .spawn()
+            .expect("spawn script"),
+    );
+    let mut input = child.0.stdin.take().expect("stdin");
+    let seen = |what: &str| {
+        let (o, e) = out.read();
+        o.contains(what).then_some(()).ok_or(format!("{o:?} {e:?}"))
+    };
+    wait_until("attached on a terminal", DEADLINE, || {
+        seen("fake console default/web")
+    });
+    input.write_all(b"tty echo\r").expect("type");
+    wait_until("terminal echo", DEADLINE, || seen("TTY ECHO"));
+    input.write_all(&[0x1d]).expect("escape");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.0.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "Ctrl-] did not detach: {:?}",
+            out.read()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (o, _) = out.read();
+    assert!(status.success(), "exit {status:?}: {o:?}");
+    assert!(o.contains("[detached]"), "{o:?}");
+    assert!(
+        o.contains("Connected to ship default/web (escape character is ^])"),
+        "{o:?}"
+    );
 }
 
 #[test]
@@ -247,7 +314,7 @@ fn ship_logs_consoles_and_lifecycle_commands() {
 
     // Follow: output written to the console while following shows up.
     let follow_out = Outputs::new();
-    let mut follower = spawn_tugboat(&admin, &["logs", "web", "-f"], &follow_out);
+    let follower = KillOnDrop(spawn_tugboat(&admin, &["logs", "web", "-f"], &follow_out));
     wait_until("follow shows the boot line", DEADLINE, || {
         let (o, e) = follow_out.read();
         o.contains("booting")
@@ -264,8 +331,9 @@ fn ship_logs_consoles_and_lifecycle_commands() {
             .then_some(())
             .ok_or(format!("{o:?} {e:?}"))
     });
-    let _ = follower.kill();
-    let _ = follower.wait();
+    drop(follower);
+
+    attach_on_a_terminal(&admin);
 
     // RBAC: view reads logs but may not attach; no bindings, no logs.
     let dir = tempfile::tempdir().expect("kubeconfig dir");
@@ -372,4 +440,89 @@ fn ship_logs_consoles_and_lifecycle_commands() {
         at.len() >= 20 && at.as_bytes()[10] == b'T' && at.ends_with('Z'),
         "restartedAt {at:?} is not RFC 3339"
     );
+}
+
+/// A worker holds no CA key: its agent serves with its node certificate, which the apiserver
+/// of a member verifies for the worker's name.
+#[test]
+fn a_workers_console_is_reached_with_its_node_certificate() {
+    let a = TugboatNode::start(TugboatOptions {
+        name: "a".into(),
+        api: true,
+        controllers: true,
+        // One voter, no standbys: the next node to join is a worker.
+        extra_args: ["--max-voters", "1", "--standbys", "0"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        ..TugboatOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("start a: {e}"));
+    wait_api_ready(&a).unwrap_or_else(|e| panic!("{e}"));
+    let k = Kubectl::admin(&a).expect("kubectl");
+    let token = a.create_token(&["--ttl", "10m"]).expect("token");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let console_dir = dir.path().join("console");
+    let ports = tugboat_testsuite::free_ports(3).expect("ports");
+    let log = dir.path().join("worker.log");
+    let worker = Command::new(tugboat_testsuite::tugboatd_bin().expect("tugboatd"))
+        .args(["join", &a.peer_addr().to_string(), "--token", &token])
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--name", "w"])
+        .args(["--peer-listen", &format!("127.0.0.1:{}", ports[0])])
+        .args(["--etcd-listen", &format!("127.0.0.1:{}", ports[1])])
+        .args(["--metrics-listen", &format!("127.0.0.1:{}", ports[2])])
+        .args(["--runtime", "fake", "--fake-boot-delay-ms", "200"])
+        .args([
+            "--node-cpu",
+            "4",
+            "--node-memory",
+            "8Gi",
+            "--agent-port",
+            "0",
+        ])
+        .arg("--fake-console-dir")
+        .arg(&console_dir)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn the worker");
+    let worker = KillOnDrop(worker);
+    let worker_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        !data.join("pki/ca.key").exists(),
+        "a worker must not hold the CA key"
+    );
+    k.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: ShipClass\nmetadata:\n  name: small\nspec:\n  cpu:\n    cores: 1\n  memory:\n    size: 1Gi\n---\napiVersion: v1\nkind: Ship\nmetadata:\n  name: on-worker\n  namespace: default\nspec:\n  image: example.org/img:1\n  shipClass: small\n",
+    )
+    .expect("ship");
+    wait_until("the Ship Running on the worker", DEADLINE, || {
+        let v =
+            phase_is(&k, "on-worker", "Running").map_err(|e| format!("{e}\n{}", worker_log()))?;
+        match v.pointer("/spec/nodeName").and_then(Value::as_str) {
+            Some("w") => Ok(()),
+            other => Err(format!("bound to {other:?}")),
+        }
+    });
+    let admin = a.kubeconfig_path();
+    let logs = tugboat(&admin, &["logs", "on-worker"], "");
+    assert!(
+        logs.success() && logs.stdout.contains("booting default/on-worker"),
+        "logs: {logs:?}\n{}",
+        worker_log()
+    );
+    let out = ok(
+        tugboat(
+            &admin,
+            &["console", "on-worker", "--timeout", "2s"],
+            "from a member\n",
+        ),
+        "console on the worker",
+    );
+    assert!(out.contains("FROM A MEMBER"), "{out:?}");
+    drop(worker);
 }

@@ -40,6 +40,13 @@ fn agent_config(node: &str) -> NodeAgentConfig {
     c
 }
 
+fn classes_resource() -> kube::core::ApiResource {
+    kube::core::ApiResource::from_gvk_with_plural(
+        &kube::core::GroupVersionKind::gvk("", "v1", "ShipClass"),
+        "shipclasses",
+    )
+}
+
 async fn create_ship(api: &Api<DynamicObject>, name: &str, node: &str, strategy: &str) -> String {
     let ship = DynamicObject::new(name, &ship_resource()).data(json!({
         "spec": {
@@ -91,6 +98,15 @@ fn node_agent_drives_ships_with_the_fake_runtime() {
     let rt = test_runtime();
     rt.block_on(async {
         let client = admin_client(&node).await;
+        // The agent sizes VMs from the Ships' ShipClass.
+        let classes: Api<DynamicObject> = Api::all_with(client.clone(), &classes_resource());
+        let class = DynamicObject::new("small", &classes_resource()).data(json!({
+            "spec": {"cpu": {"cores": 1}, "memory": {"size": "1Gi"}}
+        }));
+        classes
+            .create(&PostParams::default(), &class)
+            .await
+            .unwrap_or_else(|e| panic!("create ShipClass: {e}"));
         let fake = Arc::new(FakeRuntime::new(FakeConfig {
             boot_delay: Duration::from_millis(200),
             seed: 1,

@@ -251,6 +251,44 @@ fn real_vm_from_registry_lifecycle_and_readoption() {
         "memory headroom: {cmdline}"
     );
 
+    // `tugboat console`: bytes typed into the attached console reach the guest's shell loop,
+    // its answer comes back (apiserver → agent → QEMU's serial socket).
+    let bin = tugboat_cli_bin().unwrap_or_else(|e| panic!("{e}"));
+    let echo = wait_until("console echo from the guest", DEADLINE, || {
+        let mut child = Command::new(&bin)
+            .args(["console", "web", "--timeout", "5s", "--kubeconfig", &kc])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write as _;
+            stdin
+                .write_all(b"hello-from-console\n")
+                .map_err(|e| e.to_string())?;
+        }
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("GUEST-ECHO:hello-from-console") {
+            Ok(text)
+        } else {
+            Err(format!(
+                "{}: stdout {text:?} stderr {:?}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    });
+    assert!(echo.contains("GUEST-ECHO:hello-from-console"));
+    // The serial log keeps what the console showed.
+    wait_until("echo in the serial log", DEADLINE, || {
+        let log = logs(&kubeconfig, "web")?;
+        log.contains("GUEST-ECHO:hello-from-console")
+            .then_some(())
+            .ok_or_else(|| "not yet".to_string())
+    });
+
     // The root disk is a linked clone: a qcow2 overlay whose backing file is the cached image.
     let info = Command::new("qemu-img")
         .args(["info", "-U", "--output=json"])

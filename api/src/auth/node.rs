@@ -410,10 +410,45 @@ mod tests {
             allowed(&n1, &attrs("delete", "", "ships", "a", "s"), ""),
             Some(false)
         );
+        // A named Secret read passes the authorizer; admit_referenced then checks that one of
+        // the node's Ships references it. Lists of Secrets stay with RBAC (none for nodes).
         assert_eq!(
             allowed(&n1, &attrs("get", "", "secrets", "a", "s"), ""),
+            Some(true)
+        );
+        assert_eq!(
+            allowed(&n1, &attrs("list", "", "secrets", "a", ""), ""),
             None
         );
+    }
+
+    #[test]
+    fn a_node_reads_only_secrets_its_ships_reference() {
+        let n1 = UserInfo {
+            name: "system:node:n1".into(),
+            groups: vec![NODES_GROUP.into()],
+            ..UserInfo::default()
+        };
+        let mine = serde_json::json!({"spec": {
+            "nodeName": "n1",
+            "cloudInit": {"userDataSecretRef": {"name": "ud"}},
+            "volumes": [{"name": "v", "configMap": {"name": "cm"}}, {"name": "s", "secret": {"secretName": "vol"}}],
+        }});
+        let theirs = serde_json::json!({"spec": {
+            "nodeName": "n2",
+            "cloudInit": {"userDataSecretRef": {"name": "other"}},
+        }});
+        let ships = [mine, theirs];
+        assert!(admit_referenced(&n1, "secrets", "ud", ships.iter()).is_ok());
+        assert!(admit_referenced(&n1, "secrets", "vol", ships.iter()).is_ok());
+        assert!(admit_referenced(&n1, "configmaps", "cm", ships.iter()).is_ok());
+        assert!(admit_referenced(&n1, "secrets", "other", ships.iter()).is_err());
+        assert!(admit_referenced(&n1, "secrets", "cm", ships.iter()).is_err());
+        let admin = UserInfo {
+            name: "alice".into(),
+            ..UserInfo::default()
+        };
+        assert!(admit_referenced(&admin, "secrets", "other", ships.iter()).is_ok());
     }
 
     #[test]

@@ -43,6 +43,10 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most bytes of an agent's error body that are read.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
+/// Why an apiserver without the CA key cannot proxy.
+const NO_CA_KEY: &str = "this apiserver holds no cluster CA key, so it has no client certificate \
+                         for node agents; ship logs and consoles are unavailable through it";
+
 /// How the apiserver reaches node agents: its TLS client configuration, or why it has none.
 pub struct AgentDialer {
     tls: Result<Arc<rustls::ClientConfig>, String>,
@@ -53,12 +57,7 @@ impl AgentDialer {
     /// (an apiserver on foreign etcd without the key) every proxied request answers 503.
     pub fn new(ca_pem: &[u8], ca_key_pem: Option<&str>) -> Self {
         let tls = match ca_key_pem {
-            None => Err(
-                "this apiserver holds no cluster CA key, so it has no client \
-                         certificate for node agents; ship logs and consoles are unavailable \
-                         through it"
-                    .to_string(),
-            ),
+            None => Err(NO_CA_KEY.to_string()),
             Some(key) => client_tls(ca_pem, key).map_err(|e| {
                 format!("the apiserver's client certificate for node agents is unusable: {e}")
             }),

@@ -220,19 +220,9 @@ async fn console_echoes_and_takes_one_client() {
     let (code, body) = f.attach("vm-1").await.expect_err("second attach refused");
     assert_eq!(code, StatusCode::CONFLICT, "{body}");
     assert!(body.contains("console already attached"), "{body}");
-    // Detaching frees the console.
+    // Detaching frees the console at once (a re-attach waits out the old session's end).
     drop(io);
-    let mut again = None;
-    for _ in 0..50 {
-        match f.attach("vm-1").await {
-            Ok(io) => {
-                again = Some(io);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    let mut io = again.expect("re-attach after detach");
+    let mut io = f.attach("vm-1").await.expect("re-attach after detach");
     read_until(&mut io, "fake console").await;
     // What went through the console is in the log.
     let (_, log) = f.get("/vms/vm-1/log").await;
@@ -374,4 +364,24 @@ fn log_options_parse() {
     assert!(LogOptions::parse(Some("tailLines=-1")).is_err());
     assert!(LogOptions::parse(Some("follow=maybe")).is_err());
     assert!(LogOptions::parse(Some("limitBytes=0")).is_err());
+}
+
+#[tokio::test]
+async fn a_session_ends_when_the_client_goes_even_if_the_vm_side_stays() {
+    let (client, client_far) = tokio::io::duplex(64);
+    let (vm, mut vm_far) = tokio::io::duplex(64);
+    let session = tokio::spawn(pipe(client_far, vm));
+    let mut client = client;
+    client.write_all(b"ping").await.expect("write");
+    let mut got = [0u8; 4];
+    vm_far.read_exact(&mut got).await.expect("vm reads");
+    assert_eq!(&got, b"ping");
+    // The client leaves; the VM end stays open and silent.
+    drop(client);
+    let end = tokio::time::timeout(Duration::from_secs(5), session)
+        .await
+        .expect("session ended")
+        .expect("task");
+    assert!(end.contains("client closed"), "{end}");
+    drop(vm_far);
 }

@@ -551,8 +551,12 @@ async fn pull_verifies_blobs_and_leaves_nothing_on_mismatch() {
     let a = f.store("a");
     let img = f.build(&a, "built:1").await;
     let kernel = hash_file(img.kernel.as_ref().unwrap()).unwrap().0;
-    let host =
-        fake_registry::serve(std::sync::Arc::new(content_of(&a, &img, &[kernel.clone()]))).await;
+    let host = fake_registry::serve(std::sync::Arc::new(content_of(
+        &a,
+        &img,
+        std::slice::from_ref(&kernel),
+    )))
+    .await;
     let b = f.store("b");
     let opts = PullOptions {
         insecure_registries: vec![host.clone()],
