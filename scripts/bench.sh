@@ -603,7 +603,7 @@ fi
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 ETCD_VERSION=$("$ETCD_BIN" --version 2>/dev/null | awk '/etcd Version/ { print $3 }')
 GIT_REV=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [ -n "$(cd "$ROOT" && git status --porcelain 2>/dev/null | head -1)" ]; then GIT_REV="$GIT_REV (dirty tree)"; fi
+if [ -n "$(cd "$ROOT" && git status --porcelain 2>/dev/null || true)" ]; then GIT_REV="$GIT_REV (dirty tree)"; fi
 
 # Keep the raw per-run JSON next to the build output (ignored by git).
 rm -rf "$TARGET_DIR/bench-results"

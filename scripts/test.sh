@@ -34,7 +34,9 @@ command -v qemu-img >/dev/null || missing_pkgs+=(qemu-utils)
 [ -x /usr/bin/docker-registry ] || missing_pkgs+=(docker-registry)
 command -v skopeo >/dev/null || missing_pkgs+=(skopeo)
 command -v isoinfo >/dev/null || missing_pkgs+=(genisoimage)
-file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' || missing_pkgs+=(busybox-static)
+# The guest needs the static build (Debian's `busybox` package is dynamically linked).
+[ "$(dpkg-query -W -f='${Status}' busybox-static 2>/dev/null || true)" = "install ok installed" ] ||
+    missing_pkgs+=(busybox-static)
 compgen -G '/boot/vmlinuz-*-cloud-amd64' >/dev/null || missing_pkgs+=(linux-image-cloud-amd64)
 if [ "${#missing_pkgs[@]}" -gt 0 ]; then
     echo "installing ${missing_pkgs[*]}"
@@ -51,7 +53,9 @@ done
 etcd_version="$(/usr/bin/etcd --version)"
 etcdctl_version="$(/usr/bin/etcdctl version)"
 echo "${etcd_version%%$'\n'*}; ${etcdctl_version%%$'\n'*}"
-kubectl version --client 2>/dev/null | head -1
+# Some kubectl builds print several lines; take the first without `head` (SIGPIPE under pipefail).
+kubectl_version="$(kubectl version --client 2>/dev/null || true)"
+echo "${kubectl_version%%$'\n'*}"
 cargo --version
 
 # Incremental caches only help repeated local builds; a one-shot run would just spend disk on them.

@@ -4,7 +4,8 @@
 //!
 //! The guest's `/init` prints [`MARKER`] with its uptime on the serial console, echoes console
 //! input back as `GUEST-ECHO:<line>`, and stays up, or powers itself off after a few seconds
-//! when the kernel command line says `tugboat_test=poweroff`.
+//! when the kernel command line says `tugboat_test=poweroff`, or panics (with the pvpanic
+//! driver loaded, so QEMU hears of it) on `tugboat_test=panic`.
 
 use std::io::Write as _;
 use std::net::TcpStream;
@@ -80,6 +81,14 @@ const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox mount -t sysfs sys /sys
 /bin/busybox --install -s /bin
 echo "TUGBOAT-GUEST-MARKER up $(cut -d' ' -f1 /proc/uptime) cmdline: $(cat /proc/cmdline)"
+# The pvpanic driver (modules in Debian's cloud kernel) tells QEMU when the kernel panics.
+insmod /lib/pvpanic.ko 2>/dev/null
+insmod /lib/pvpanic-mmio.ko 2>/dev/null
+if grep -q tugboat_test=panic /proc/cmdline; then
+  sleep 3
+  echo "TUGBOAT-GUEST panicking"
+  echo c > /proc/sysrq-trigger
+fi
 if grep -q tugboat_test=poweroff /proc/cmdline; then
   sleep 3
   echo "TUGBOAT-GUEST powering off"
@@ -122,6 +131,33 @@ fn cpio_entry(out: &mut Vec<u8>, ino: u32, name: &str, mode: u32, data: &[u8]) {
     }
 }
 
+/// The cloud kernel's pvpanic modules (`pvpanic.ko`, `pvpanic-mmio.ko`), which the package
+/// installs under `/lib/modules/<release>/`.
+fn pvpanic_modules() -> Result<Vec<(&'static str, Vec<u8>)>> {
+    let kernel = cloud_kernel()?;
+    let release = kernel
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("vmlinuz-"))
+        .ok_or_else(|| AssetError::Setup(format!("kernel name {}", kernel.display())))?
+        .to_string();
+    let dir = PathBuf::from(format!(
+        "/lib/modules/{release}/kernel/drivers/misc/pvpanic"
+    ));
+    ["pvpanic.ko", "pvpanic-mmio.ko"]
+        .into_iter()
+        .map(|m| {
+            std::fs::read(dir.join(m))
+                .map(|b| (m, b))
+                .map_err(|e| AssetError::Missing {
+                    what: format!("{} ({e})", dir.join(m).display()),
+                    hint: "apt-get install -y linux-image-cloud-amd64 (scripts/test.sh does)"
+                        .into(),
+                })
+        })
+        .collect()
+}
+
 /// A newc cpio initramfs with busybox and the test `/init`.
 pub fn initramfs() -> Result<Vec<u8>> {
     let busybox = std::fs::read(static_busybox()?).map_err(setup("reading busybox"))?;
@@ -133,7 +169,14 @@ pub fn initramfs() -> Result<Vec<u8>> {
     }
     cpio_entry(&mut out, ino, "init", 0o100_755, INIT.as_bytes());
     cpio_entry(&mut out, ino + 1, "bin/busybox", 0o100_755, &busybox);
-    cpio_entry(&mut out, ino + 2, "TRAILER!!!", 0, &[]);
+    ino += 2;
+    cpio_entry(&mut out, ino, "lib", 0o040_755, &[]);
+    ino += 1;
+    for (name, module) in pvpanic_modules()? {
+        cpio_entry(&mut out, ino, &format!("lib/{name}"), 0o100_644, &module);
+        ino += 1;
+    }
+    cpio_entry(&mut out, ino, "TRAILER!!!", 0, &[]);
     Ok(out)
 }
 

@@ -66,6 +66,11 @@ fn node_opts(name: &str, extra: &[&str]) -> TugboatOptions {
         "2",
         "--node-monitor-grace-period",
         "20",
+        // Room for every Ship of the test whatever the host has (TCG guests are small).
+        "--node-cpu",
+        "16",
+        "--node-memory",
+        "64Gi",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -171,9 +176,11 @@ fn real_vm_from_registry_lifecycle_and_readoption() {
     let images_s = images.to_string_lossy().into_owned();
     let reference = format!("{}/tugboat-test/marker:v1", registry.host);
     let poweroff_ref = format!("{}/tugboat-test/poweroff:v1", registry.host);
+    let panic_ref = format!("{}/tugboat-test/panic:v1", registry.host);
     for (dir, extra, r) in [
         ("ctx", "", &reference),
         ("ctx-poweroff", "tugboat_test=poweroff", &poweroff_ref),
+        ("ctx-panic", "tugboat_test=panic", &panic_ref),
     ] {
         let ctx = work.path().join(dir);
         let imagefile = vmassets::build_context(&ctx, extra).unwrap_or_else(|e| panic!("{e}"));
@@ -435,6 +442,30 @@ fn real_vm_from_registry_lifecycle_and_readoption() {
         .to_string();
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(qemu_pid(&node, &b_uid), None, "Halted stays off");
+
+    // RerunOnFailure: a guest kernel panic (reported by pvpanic, QEMU exits) is a failure and
+    // the VM is booted again in a new QEMU (a reboot inside the old one would keep its pid).
+    k.ok_stdin(
+        &["apply", "-f", "-"],
+        &ship_yaml("crasher", &panic_ref, "RerunOnFailure"),
+    )
+    .expect("apply crasher");
+    let c = wait_phase(&k, "crasher", "Running");
+    let c_uid = field(&c, "/metadata/uid")
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    wait_markers(&kubeconfig, "crasher", 1);
+    let first_pid = qemu_pid(&node, &c_uid);
+    let log = wait_markers(&kubeconfig, "crasher", 2);
+    assert!(log.contains("Kernel panic"), "the guest panicked: {log}");
+    let second_pid = qemu_pid(&node, &c_uid);
+    assert!(
+        second_pid.is_some() && second_pid != first_pid,
+        "a new QEMU after the panic: {first_pid:?} -> {second_pid:?}"
+    );
+    k.ok(&["delete", "ship", "crasher", "--wait=true", "--timeout=90s"])
+        .expect("delete crasher");
 
     // Delete: process, sockets, overlay and ISO are gone.
     k.ok(&["delete", "ship", "web", "--wait=true", "--timeout=90s"])
