@@ -17,6 +17,7 @@ pub mod meta;
 pub mod openapi;
 pub mod patch;
 pub mod protobuf;
+pub mod registries;
 pub mod registry;
 pub mod selector;
 pub mod storage;

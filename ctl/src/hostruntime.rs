@@ -2,7 +2,8 @@
 
 use tokio::sync::broadcast;
 use tugboat_nodeagent::{
-    ConsoleEndpoints, FakeRuntime, NodeImage, Runtime, RuntimeError, RuntimeEvent, VmSpec, VmStatus,
+    ArchiveReader, ConsoleEndpoints, FakeRuntime, NodeImage, RegistryHosts, Runtime, RuntimeError,
+    RuntimeEvent, VmSpec, VmStatus,
 };
 use tugboat_qemu::QemuRuntime;
 
@@ -25,8 +26,12 @@ macro_rules! each {
 }
 
 impl Runtime for HostRuntime {
-    async fn prepare_image(&self, image: &str) -> Result<(), RuntimeError> {
-        each!(self, r => r.prepare_image(image).await)
+    async fn prepare_image(
+        &self,
+        image: &str,
+        registries: &RegistryHosts,
+    ) -> Result<(), RuntimeError> {
+        each!(self, r => r.prepare_image(image, registries).await)
     }
 
     async fn start(&self, spec: &VmSpec) -> Result<(), RuntimeError> {
@@ -63,5 +68,9 @@ impl Runtime for HostRuntime {
 
     async fn images(&self) -> Vec<NodeImage> {
         each!(self, r => Runtime::images(r).await)
+    }
+
+    async fn load_images(&self, archive: ArchiveReader) -> Result<Vec<String>, RuntimeError> {
+        each!(self, r => r.load_images(archive).await)
     }
 }

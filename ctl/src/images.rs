@@ -3,7 +3,9 @@
 //! The commands work on an image store directory: `--image-dir DIR`, else `$TUGBOAT_IMAGE_DIR`,
 //! else `$XDG_DATA_HOME/tugboat/images` (`~/.local/share/tugboat/images`). `--data-dir DATA`
 //! selects a node's cache, `DATA/images`, which the QEMU runtime of `tugboatd` boots from, so
-//! `tugboat image load vm.tar --data-dir /var/lib/tugboat` readies an air-gapped node.
+//! `tugboat image load vm.tar --data-dir /var/lib/tugboat` readies an air-gapped node, and
+//! `tugboat image load vm.tar --all-nodes` (or `--node N`) streams the archive through the
+//! apiserver into every node's cache.
 //! Progress goes to stderr (bars on a terminal, a line per blob otherwise); the manifest digest
 //! of a build, push or pull goes to stdout.
 
@@ -181,12 +183,22 @@ pub enum ImageCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// Load images from an OCI image layout tar archive (no network needed).
+    /// Load images from an OCI image layout tar archive (no registry needed): into a local
+    /// store, or with --node/--all-nodes into nodes' caches through the apiserver.
     Load {
         /// Archive to read.
         archive: PathBuf,
         #[command(flatten)]
         store: StoreArgs,
+        /// Upload into this node's cache through the apiserver (repeatable).
+        #[arg(long = "node", value_name = "NODE", conflicts_with_all = ["image_dir", "data_dir"])]
+        nodes: Vec<String>,
+        /// Upload into every node's cache through the apiserver.
+        #[arg(long, conflicts_with_all = ["nodes", "image_dir", "data_dir"])]
+        all_nodes: bool,
+        /// kubeconfig for --node/--all-nodes (default: $KUBECONFIG, else ~/.kube/config).
+        #[arg(long, value_name = "FILE")]
+        kubeconfig: Option<PathBuf>,
     },
 }
 
@@ -298,12 +310,69 @@ pub async fn image(cmd: ImageCommand) -> anyhow::Result<()> {
                 .save(&references, &output, &Progress::auto())
                 .await?;
         }
-        ImageCommand::Load { archive, store } => {
-            let loaded = store.open()?.load(&archive, &Progress::auto()).await?;
-            for r in loaded {
-                println!("Loaded: {r}");
+        ImageCommand::Load {
+            archive,
+            store,
+            nodes,
+            all_nodes,
+            kubeconfig,
+        } => {
+            if nodes.is_empty() && !all_nodes {
+                let loaded = store.open()?.load(&archive, &Progress::auto()).await?;
+                for r in loaded {
+                    println!("Loaded: {r}");
+                }
+            } else {
+                load_into_nodes(&archive, nodes, kubeconfig.as_deref()).await?;
             }
         }
+    }
+    Ok(())
+}
+
+/// `image load --node/--all-nodes`: the archive is streamed to each node in turn (the
+/// apiserver proxies it to the node's agent); a node that fails does not stop the others.
+async fn load_into_nodes(
+    archive: &std::path::Path,
+    nodes: Vec<String>,
+    kubeconfig: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let config = crate::shipctl::kube_config(kubeconfig).await?;
+    let nodes = if nodes.is_empty() {
+        let client = kube::Client::try_from(config.clone())?;
+        let mut all = crate::shipctl::node_names(&client).await?;
+        all.sort();
+        if all.is_empty() {
+            bail!("the cluster has no nodes to load images into");
+        }
+        all
+    } else {
+        nodes
+    };
+    let progress = Progress::auto();
+    let mut failed = Vec::new();
+    for node in &nodes {
+        let task = progress.task("uploading", node, None);
+        match crate::shipctl::upload_images(&config, node, archive, task).await {
+            Ok(images) => {
+                for r in images {
+                    println!("{node}: Loaded: {r}");
+                }
+            }
+            Err(e) => {
+                eprintln!("{node}: {e}");
+                failed.push(node.clone());
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "loading {} failed on {} of {} nodes: {}",
+            archive.display(),
+            failed.len(),
+            nodes.len(),
+            failed.join(", ")
+        );
     }
     Ok(())
 }

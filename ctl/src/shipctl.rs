@@ -162,19 +162,25 @@ pub async fn run(cmd: ShipCommand) -> anyhow::Result<()> {
 /// The client configuration of the kubeconfig `--kubeconfig` names (else `$KUBECONFIG`, else
 /// `~/.kube/config`) and the namespace to use.
 pub async fn load_config(t: &ShipTarget) -> Result<(kube::Config, String), ShipCtlError> {
-    let kubeconfig = match &t.kubeconfig {
-        Some(p) => Kubeconfig::read_from(p)
-            .map_err(|e| ShipCtlError::Kubeconfig(format!("{}: {e}", p.display())))?,
-        None => Kubeconfig::read().map_err(|e| ShipCtlError::Kubeconfig(e.to_string()))?,
-    };
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .map_err(|e| ShipCtlError::Kubeconfig(e.to_string()))?;
+    let config = kube_config(t.kubeconfig.as_deref()).await?;
     let ns = t
         .namespace
         .clone()
         .unwrap_or_else(|| config.default_namespace.clone());
     Ok((config, ns))
+}
+
+/// The client configuration of the kubeconfig at `path` (else `$KUBECONFIG`, else
+/// `~/.kube/config`).
+pub async fn kube_config(path: Option<&std::path::Path>) -> Result<kube::Config, ShipCtlError> {
+    let kubeconfig = match path {
+        Some(p) => Kubeconfig::read_from(p)
+            .map_err(|e| ShipCtlError::Kubeconfig(format!("{}: {e}", p.display())))?,
+        None => Kubeconfig::read().map_err(|e| ShipCtlError::Kubeconfig(e.to_string()))?,
+    };
+    kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| ShipCtlError::Kubeconfig(e.to_string()))
 }
 
 async fn client(t: &ShipTarget) -> Result<(kube::Client, String), ShipCtlError> {
@@ -265,7 +271,7 @@ struct Endpoint {
 fn endpoint(uri: &http::Uri) -> Result<Endpoint, ShipCtlError> {
     if uri.scheme_str() != Some("https") {
         return Err(ShipCtlError::Kubeconfig(format!(
-            "server {uri}: the console needs an https:// server"
+            "server {uri}: consoles and image uploads need an https:// server"
         )));
     }
     let host = uri
@@ -364,79 +370,199 @@ fn client_tls(
     Ok((Arc::new(tls), token))
 }
 
+/// A raw HTTP/1.1 connection to the kubeconfig's apiserver, for what kube's client does not
+/// do: upgrades (consoles) and streamed request bodies (image uploads).
+struct ApiConnection<B> {
+    sender: hyper::client::conn::http1::SendRequest<B>,
+    server: String,
+    authority: String,
+    base: String,
+    token: Option<String>,
+}
+
+impl<B> ApiConnection<B>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    async fn open(config: &kube::Config) -> Result<Self, ShipCtlError> {
+        let server = config.cluster_url.to_string();
+        let connect_err = |message: String| ShipCtlError::Connect {
+            server: server.clone(),
+            message,
+        };
+        let ep = endpoint(&config.cluster_url)?;
+        let (tls, token) = client_tls(config)?;
+        let tcp = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio::net::TcpStream::connect((ep.host.as_str(), ep.port)),
+        )
+        .await
+        .map_err(|_| connect_err("timed out".into()))?
+        .map_err(|e| connect_err(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let sni = config.tls_server_name.clone().unwrap_or(ep.host.clone());
+        let server_name = rustls::pki_types::ServerName::try_from(sni.clone())
+            .map_err(|_| connect_err(format!("{sni:?} is not a TLS server name")))?;
+        let stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| connect_err(format!("TLS: {e}")))?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        let authority = match config.cluster_url.authority() {
+            Some(a) => a.to_string(),
+            None => ep.host.clone(),
+        };
+        Ok(ApiConnection {
+            sender,
+            server,
+            authority,
+            base: ep.base,
+            token,
+        })
+    }
+
+    /// A request to `path` (below the server URL's path) with host, agent and credentials.
+    fn request(&self, method: http::Method, path: &str) -> http::request::Builder {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header(header::HOST, self.authority.clone())
+            .header(
+                header::USER_AGENT,
+                concat!("tugboat/", env!("CARGO_PKG_VERSION")),
+            );
+        if let Some(t) = &self.token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        req
+    }
+
+    async fn send(
+        &mut self,
+        req: Request<B>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ShipCtlError> {
+        self.sender
+            .send_request(req)
+            .await
+            .map_err(|e| ShipCtlError::Connect {
+                server: self.server.clone(),
+                message: e.to_string(),
+            })
+    }
+}
+
+async fn error_of(resp: hyper::Response<hyper::body::Incoming>) -> ShipCtlError {
+    let code = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    server_error(code, &body)
+}
+
 /// Opens the console of Ship `ns/name`: the upgraded connection through the apiserver.
 pub async fn open_console(
     config: &kube::Config,
     ns: &str,
     name: &str,
 ) -> Result<TokioIo<hyper::upgrade::Upgraded>, ShipCtlError> {
-    let server = config.cluster_url.to_string();
-    let connect_err = |message: String| ShipCtlError::Connect {
-        server: server.clone(),
-        message,
-    };
-    let ep = endpoint(&config.cluster_url)?;
-    let (tls, token) = client_tls(config)?;
-    let tcp = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        tokio::net::TcpStream::connect((ep.host.as_str(), ep.port)),
-    )
-    .await
-    .map_err(|_| connect_err("timed out".into()))?
-    .map_err(|e| connect_err(e.to_string()))?;
-    let _ = tcp.set_nodelay(true);
-    let sni = config.tls_server_name.clone().unwrap_or(ep.host.clone());
-    let server_name = rustls::pki_types::ServerName::try_from(sni.clone())
-        .map_err(|_| connect_err(format!("{sni:?} is not a TLS server name")))?;
-    let stream = tokio_rustls::TlsConnector::from(tls)
-        .connect(server_name, tcp)
-        .await
-        .map_err(|e| connect_err(format!("TLS: {e}")))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| connect_err(e.to_string()))?;
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
-    let authority = match config.cluster_url.authority() {
-        Some(a) => a.to_string(),
-        None => ep.host.clone(),
-    };
-    let mut req = Request::post(format!(
-        "{}/api/v1/namespaces/{ns}/ships/{name}/console",
-        ep.base
-    ))
-    .header(header::HOST, authority)
-    .header(header::CONNECTION, "Upgrade")
-    .header(header::UPGRADE, CONSOLE_PROTOCOL)
-    .header(
-        header::USER_AGENT,
-        concat!("tugboat/", env!("CARGO_PKG_VERSION")),
-    );
-    if let Some(t) = token {
-        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
-    }
-    let req = req
+    let mut conn = ApiConnection::<Empty<Bytes>>::open(config).await?;
+    let req = conn
+        .request(
+            http::Method::POST,
+            &format!("/api/v1/namespaces/{ns}/ships/{name}/console"),
+        )
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, CONSOLE_PROTOCOL)
         .body(Empty::<Bytes>::new())
         .map_err(|e| ShipCtlError::Client(e.to_string()))?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| connect_err(e.to_string()))?;
+    let resp = conn.send(req).await?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        let code = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|c| c.to_bytes())
-            .unwrap_or_default();
-        return Err(server_error(code, &body));
+        return Err(error_of(resp).await);
     }
     let upgraded = hyper::upgrade::on(resp)
         .await
-        .map_err(|e| connect_err(format!("upgrade: {e}")))?;
+        .map_err(|e| ShipCtlError::Connect {
+            server: conn.server.clone(),
+            message: format!("upgrade: {e}"),
+        })?;
     Ok(TokioIo::new(upgraded))
+}
+
+/// Streams the image archive at `archive` into node `node`'s image cache through the
+/// apiserver (`POST nodes/NODE/images`), counting bytes sent on `task`; returns the
+/// references the node loaded.
+pub async fn upload_images(
+    config: &kube::Config,
+    node: &str,
+    archive: &std::path::Path,
+    task: tugboat_qemu::image::Task,
+) -> Result<Vec<String>, ShipCtlError> {
+    use futures::StreamExt as _;
+    let read_err = |e: std::io::Error| ShipCtlError::Client(format!("{}: {e}", archive.display()));
+    let file = tokio::fs::File::open(archive).await.map_err(read_err)?;
+    let len = file.metadata().await.map_err(read_err)?.len();
+    task.set_total(len);
+    let counted = task.clone();
+    let frames = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024).map(move |chunk| {
+        chunk.map(|bytes| {
+            counted.inc(bytes.len() as u64);
+            hyper::body::Frame::data(bytes)
+        })
+    });
+    let body = http_body_util::StreamBody::new(frames);
+    let mut conn = ApiConnection::open(config).await?;
+    let req = conn
+        .request(http::Method::POST, &format!("/api/v1/nodes/{node}/images"))
+        .header(header::CONTENT_TYPE, "application/x-tar")
+        .header(header::CONTENT_LENGTH, len)
+        .body(body)
+        .map_err(|e| ShipCtlError::Client(e.to_string()))?;
+    let resp = conn.send(req).await?;
+    if resp.status() != StatusCode::OK {
+        return Err(error_of(resp).await);
+    }
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| ShipCtlError::Client(e.to_string()))?;
+    let answer: Value = serde_json::from_slice(&body)
+        .map_err(|e| ShipCtlError::Client(format!("the apiserver's answer: {e}")))?;
+    task.finish("");
+    Ok(answer
+        .get("images")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Names of every Node of the cluster.
+pub async fn node_names(client: &kube::Client) -> Result<Vec<String>, ShipCtlError> {
+    let gvk = kube::core::GroupVersionKind::gvk("", "v1", "Node");
+    let resource = kube::core::ApiResource::from_gvk_with_plural(&gvk, "nodes");
+    let nodes: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    let list = nodes.list(&Default::default()).await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect())
 }
 
 /// A refusal as kubectl reports it, from a `Status` body when there is one.

@@ -16,7 +16,8 @@ use serde_json::{json, Map, Value};
 use tokio::task::JoinHandle;
 use tugboat_api::kinds::core::ShipSpec;
 
-use crate::resolve::{resolve_vm_spec, ResolveError};
+use crate::resolve::{registry_hosts, resolve_vm_spec, ResolveError};
+use crate::runtime::RegistryHosts;
 use crate::runtime::{Runtime, RuntimeError, VmSpec, VmState, VmStatus};
 
 /// Finalizer the agent puts on every Ship bound to its node.
@@ -707,10 +708,14 @@ async fn reconcile_inner<R: Runtime>(
     let mut requeue: Option<Duration> = None;
     match decide(&strategy, vm.as_ref().map(|v| v.state)) {
         Step::Start => {
-            let Some(vm_spec) = resolve_or_report(obj, ctx, &api, &spec, &strategy).await? else {
+            let Some((vm_spec, registries)) =
+                resolve_or_report(obj, ctx, &api, &spec, &strategy).await?
+            else {
                 return Ok(Action::requeue(Duration::from_secs(10)));
             };
-            ctx.runtime.prepare_image(&vm_spec.image).await?;
+            ctx.runtime
+                .prepare_image(&vm_spec.image, &registries)
+                .await?;
             ctx.runtime.start(&vm_spec).await?;
         }
         Step::Stop => ctx.runtime.stop(&uid, true).await?,
@@ -739,11 +744,14 @@ async fn reconcile_inner<R: Runtime>(
                     requeue = Some(d);
                 }
                 _ => {
-                    let Some(spec_vm) = resolve_or_report(obj, ctx, &api, &spec, &strategy).await?
+                    let Some((spec_vm, registries)) =
+                        resolve_or_report(obj, ctx, &api, &spec, &strategy).await?
                     else {
                         return Ok(Action::requeue(Duration::from_secs(10)));
                     };
-                    ctx.runtime.prepare_image(&spec_vm.image).await?;
+                    ctx.runtime
+                        .prepare_image(&spec_vm.image, &registries)
+                        .await?;
                     ctx.runtime.start(&spec_vm).await?;
                     if let Some(rec) = ctx
                         .crashes
@@ -768,7 +776,7 @@ async fn reconcile_inner<R: Runtime>(
             {
                 let current = ctx.runtime.spec(&uid).await?.and_then(|s| s.restart_token);
                 if current != wanted {
-                    if let Some(vm_spec) =
+                    if let Some((vm_spec, _)) =
                         resolve_or_report(obj, ctx, &api, &spec, &strategy).await?
                     {
                         tracing::info!(ship = %name, %namespace, "restarting VM on request");
@@ -861,8 +869,10 @@ async fn report<R: Runtime>(
     });
     want.insert("reason".into(), json!(reason));
     if let Some(g) = vm.and_then(|v| v.guest.as_ref()) {
+        // The name `ShipStatus::guest_os_info` serializes to: the apiserver drops status
+        // fields its type does not know (a `guestOSInfo` written here never reached a reader).
         want.insert(
-            "guestOSInfo".into(),
+            "guestOsInfo".into(),
             json!({
                 "name": g.os_name,
                 "version": g.os_version,
@@ -920,7 +930,7 @@ fn same(current: Option<&Value>, want: &Value) -> bool {
     }
 }
 
-/// The VmSpec for a Ship, or `None` after reporting why it cannot be built (a missing
+/// The VmSpec for a Ship and the registry settings to pull its image with, or `None` after reporting why it cannot be built (a missing
 /// ShipClass or Secret, an invalid quantity): the Ship stays Pending with that reason.
 async fn resolve_or_report<R: Runtime>(
     obj: &DynamicObject,
@@ -928,9 +938,14 @@ async fn resolve_or_report<R: Runtime>(
     api: &Api<DynamicObject>,
     spec: &ShipSpec,
     strategy: &str,
-) -> Result<Option<VmSpec>, AgentError> {
-    match resolve_vm_spec(&ctx.client, obj, spec).await {
-        Ok(vm) => Ok(Some(vm)),
+) -> Result<Option<(VmSpec, RegistryHosts)>, AgentError> {
+    let resolved = async {
+        let vm = resolve_vm_spec(&ctx.client, obj, spec).await?;
+        let registries = registry_hosts(&ctx.client).await?;
+        Ok::<_, ResolveError>((vm, registries))
+    };
+    match resolved.await {
+        Ok(both) => Ok(Some(both)),
         Err(ResolveError::Kube(e)) => Err(e.into()),
         Err(e) => {
             tracing::warn!(ship = %obj.name_any(), error = %e, "cannot build the VM");

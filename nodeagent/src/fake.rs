@@ -22,7 +22,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use crate::runtime::{
-    ConsoleEndpoints, Runtime, RuntimeError, RuntimeEvent, VmSpec, VmState, VmStatus,
+    ConsoleEndpoints, RegistryHosts, Runtime, RuntimeError, RuntimeEvent, VmSpec, VmState, VmStatus,
 };
 
 /// Knobs of a [`FakeRuntime`].
@@ -310,7 +310,11 @@ async fn echo_server(listener: tokio::net::UnixListener, banner: String, log: Pa
 }
 
 impl Runtime for FakeRuntime {
-    async fn prepare_image(&self, image: &str) -> Result<(), RuntimeError> {
+    async fn prepare_image(
+        &self,
+        image: &str,
+        _registries: &RegistryHosts,
+    ) -> Result<(), RuntimeError> {
         if image.trim().is_empty() {
             return Err(RuntimeError::Image {
                 image: image.to_string(),
@@ -468,7 +472,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn boots_stops_and_deletes() {
         let rt = FakeRuntime::new(FakeConfig::default());
-        rt.prepare_image("img").await.unwrap();
+        rt.prepare_image("img", &RegistryHosts::default())
+            .await
+            .unwrap();
         rt.start(&spec("a")).await.unwrap();
         assert_eq!(
             rt.status("a").await.unwrap().unwrap().state,
@@ -491,7 +497,10 @@ mod tests {
         rt.delete("a").await.unwrap();
         assert!(rt.status("a").await.unwrap().is_none());
         assert!(rt.list().await.unwrap().is_empty());
-        assert!(rt.prepare_image(" ").await.is_err());
+        assert!(rt
+            .prepare_image(" ", &RegistryHosts::default())
+            .await
+            .is_err());
     }
 
     #[tokio::test(start_paused = true)]

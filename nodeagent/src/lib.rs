@@ -24,7 +24,7 @@ pub use agent::{
 };
 pub use fake::{FakeConfig, FakeRuntime};
 pub use runtime::{
-    CloudInitData, ConsoleEndpoints, CpuSpec, GuestInfo, NodeImage, PortForward, Runtime,
-    RuntimeError, RuntimeEvent, VmSpec, VmState, VmStatus,
+    ArchiveReader, CloudInitData, ConsoleEndpoints, CpuSpec, GuestInfo, NodeImage, PortForward,
+    RegistryHosts, Runtime, RuntimeError, RuntimeEvent, VmSpec, VmState, VmStatus,
 };
 pub use server::{AgentServer, AgentServerConfig, ServerError};

@@ -13,6 +13,7 @@ use tugboat_api::kinds::parse_quantity;
 
 use crate::agent::RESTART_ANNOTATION;
 use crate::runtime::{CloudInitData, CpuSpec, PortForward, VmSpec};
+use tugboat_api::registries::{self, RegistryHosts};
 
 /// Why a Ship cannot become a VM yet.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,9 @@ pub enum ResolveError {
     /// Something in the Ship or its classes is out of range.
     #[error("{0}")]
     Invalid(String),
+    /// The cluster's registry settings (ConfigMap `tugboat-system/registries`) are unreadable.
+    #[error("ConfigMap tugboat-system/registries: {0}")]
+    RegistrySettings(String),
 }
 
 impl ResolveError {
@@ -39,6 +43,7 @@ impl ResolveError {
             ResolveError::ShipClassNotFound(_) => "ShipClassNotFound",
             ResolveError::SecretNotFound(_) => "SecretNotFound",
             ResolveError::Invalid(_) => "InvalidSpec",
+            ResolveError::RegistrySettings(_) => "InvalidRegistrySettings",
         }
     }
 }
@@ -65,6 +70,28 @@ fn count(v: Option<i32>, what: &str) -> Result<u32, ResolveError> {
             "{what} must be between 1 and 512, got {n}"
         ))),
     }
+}
+
+/// The cluster's registry settings (mirrors, plain-HTTP hosts) for pulls on this node; a
+/// cluster without the ConfigMap has none.
+pub async fn registry_hosts(client: &Client) -> Result<RegistryHosts, ResolveError> {
+    let maps: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        registries::NAMESPACE,
+        &resource("ConfigMap", "configmaps"),
+    );
+    let Some(cm) = maps.get_opt(registries::NAME).await? else {
+        return Ok(RegistryHosts::default());
+    };
+    let data: Option<BTreeMap<String, String>> = match cm.data.get("data") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => Some(
+            serde_json::from_value(v.clone())
+                .map_err(|e| ResolveError::RegistrySettings(format!("data: {e}")))?,
+        ),
+    };
+    registries::from_config_map_data(data.as_ref())
+        .map_err(|e| ResolveError::RegistrySettings(e.to_string()))
 }
 
 async fn secret_key(

@@ -4,6 +4,7 @@
 use std::future::Future;
 
 use tokio::sync::broadcast;
+pub use tugboat_api::registries::RegistryHosts;
 
 /// What the agent asks a runtime to run: one VM per Ship, keyed by the Ship's UID.
 ///
@@ -200,8 +201,13 @@ pub enum RuntimeError {
 /// Every operation is idempotent: starting a running VM, stopping a stopped one or deleting
 /// a missing one succeed without doing anything.
 pub trait Runtime: Send + Sync + 'static {
-    /// Fetches and prepares `image` so that VMs can boot from it.
-    fn prepare_image(&self, image: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Fetches and prepares `image` so that VMs can boot from it, pulling through the cluster's
+    /// `registries` settings (mirrors, plain-HTTP hosts) besides the runtime's own.
+    fn prepare_image(
+        &self,
+        image: &str,
+        registries: &RegistryHosts,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
     /// Creates the VM if missing and boots it unless it is already starting or running.
     fn start(&self, spec: &VmSpec) -> impl Future<Output = Result<(), RuntimeError>> + Send;
@@ -248,7 +254,24 @@ pub trait Runtime: Send + Sync + 'static {
     fn images(&self) -> impl Future<Output = Vec<NodeImage>> + Send {
         async { Vec::new() }
     }
+
+    /// Loads the images of an OCI image layout tar archive (`tugboat image save`), read front
+    /// to back from `archive`, into the node's cache; returns the references loaded.
+    fn load_images(
+        &self,
+        archive: ArchiveReader,
+    ) -> impl Future<Output = Result<Vec<String>, RuntimeError>> + Send {
+        drop(archive);
+        async {
+            Err(RuntimeError::Unavailable(
+                "this runtime keeps no images".to_string(),
+            ))
+        }
+    }
 }
+
+/// An image archive being uploaded: a blocking reader, to be read on a blocking thread.
+pub type ArchiveReader = Box<dyn std::io::Read + Send>;
 
 /// One image in a node's cache.
 #[derive(Clone, Debug, PartialEq, Eq)]

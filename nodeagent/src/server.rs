@@ -1,5 +1,6 @@
 //! The agent's HTTPS endpoint (the kubelet's port 10250 in Kubernetes): serial logs and
-//! consoles of this node's VMs, for the apiserver's `ships/log` and `ships/console`.
+//! consoles of this node's VMs, for the apiserver's `ships/log` and `ships/console`, and image
+//! uploads into the node's cache, for `nodes/{name}/images`.
 //!
 //! - `GET /vms/{uid}/log?follow=true|false&tailLines=N&limitBytes=N` streams the VM's serial
 //!   log. With `follow` it keeps streaming what is appended until the client goes away; a log
@@ -10,6 +11,9 @@
 //!   ways between the connection and the VM's console socket. One client per VM at a time: a
 //!   second attach is `409 console already attached`, because QEMU's socket chardev serves
 //!   one client and a second one would silently wait in its backlog.
+//! - `POST /images/load` streams an OCI image layout tar archive (`tugboat image save`) into
+//!   the runtime's image cache and answers `{"images": [...]}` with the references loaded; a
+//!   malformed archive is 400 and adds no image.
 //! - Unknown uid: 404; a runtime without consoles: 503; errors are Kubernetes `Status` JSON.
 //!
 //! TLS requires a client certificate signed by the cluster CA, and only the apiserver's proxy
@@ -25,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt as _;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -327,6 +332,11 @@ async fn route<R: Runtime>(
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method(), segs.as_slice()) {
         (&Method::GET, ["healthz"]) => Response::new(full("ok")),
+        (&Method::POST, ["images", "load"]) => load_images(state, req).await,
+        (m, ["images", "load"]) => status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{m} is not allowed on {path}: POST an image archive"),
+        ),
         (m, ["vms", uid, what @ ("log" | "console")]) => {
             if !valid_uid(uid) {
                 return status(StatusCode::BAD_REQUEST, format!("invalid VM uid {uid:?}"));
@@ -368,6 +378,35 @@ fn runtime_error(uid: &str, e: RuntimeError) -> Response<Body> {
         ),
         RuntimeError::Unavailable(m) => status(StatusCode::SERVICE_UNAVAILABLE, m),
         other => status(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+    }
+}
+
+/// `POST /images/load`: the body is an OCI image layout tar archive, streamed into the
+/// runtime's image cache as it arrives (never held whole in memory or spooled to a file).
+async fn load_images<R: Runtime>(state: &State<R>, req: Request<Incoming>) -> Response<Body> {
+    let data = req
+        .into_body()
+        .into_data_stream()
+        .map(|chunk| chunk.map_err(std::io::Error::other));
+    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(data));
+    match state.runtime.load_images(Box::new(reader)).await {
+        Ok(images) => {
+            tracing::info!(?images, "images loaded from an upload");
+            let body = serde_json::json!({"images": images});
+            let mut resp = Response::new(full(body.to_string()));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        Err(RuntimeError::Unavailable(m)) => status(StatusCode::SERVICE_UNAVAILABLE, m),
+        // The archive is the client's: a bad one is its error.
+        Err(RuntimeError::Image { message, .. }) => status(
+            StatusCode::BAD_REQUEST,
+            format!("loading the image archive: {message}"),
+        ),
+        Err(e) => status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

@@ -20,14 +20,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tugboat_nodeagent::{
-    ConsoleEndpoints, GuestInfo, NodeImage, Runtime, RuntimeError, RuntimeEvent, VmSpec, VmState,
-    VmStatus,
+    ArchiveReader, ConsoleEndpoints, GuestInfo, NodeImage, RegistryHosts, Runtime, RuntimeError,
+    RuntimeEvent, VmSpec, VmState, VmStatus,
 };
 
 use crate::accel::{self, Accel, AccelChoice, AccelProbe};
 use crate::cloudinit::NoCloud;
 use crate::cmdline::{LaunchSpec, MachineType, Nic, VmPaths};
-use crate::image::{ImageStore, LocalImage, PullOptions};
+use crate::image::{ImageStore, LocalImage, Progress, PullOptions};
 use crate::process;
 use crate::qmp::{self, Qmp, VmEvent};
 
@@ -758,18 +758,34 @@ impl QemuRuntime {
         });
     }
 
-    fn pull_options(&self) -> PullOptions {
-        PullOptions {
-            insecure_registries: self.inner.config.insecure_registries.clone(),
+    /// The node's own flags first, then the cluster's settings.
+    fn pull_options(&self, cluster: &RegistryHosts) -> PullOptions {
+        let mut hosts = RegistryHosts {
             mirrors: self.inner.config.mirrors.clone(),
+            insecure: self
+                .inner
+                .config
+                .insecure_registries
+                .iter()
+                .cloned()
+                .collect(),
+        };
+        hosts.merge(cluster);
+        PullOptions {
+            insecure_registries: hosts.insecure.into_iter().collect(),
+            mirrors: hosts.mirrors,
             ..PullOptions::default()
         }
     }
 }
 
 impl Runtime for QemuRuntime {
-    async fn prepare_image(&self, image: &str) -> Result<(), RuntimeError> {
-        let opts = self.pull_options();
+    async fn prepare_image(
+        &self,
+        image: &str,
+        registries: &RegistryHosts,
+    ) -> Result<(), RuntimeError> {
+        let opts = self.pull_options(registries);
         self.inner
             .images
             .ensure(image, &opts)
@@ -909,6 +925,17 @@ impl Runtime for QemuRuntime {
                 Vec::new()
             }
         }
+    }
+
+    async fn load_images(&self, archive: ArchiveReader) -> Result<Vec<String>, RuntimeError> {
+        self.inner
+            .images
+            .load_from(archive, Path::new("upload"), &Progress::silent())
+            .await
+            .map_err(|e| RuntimeError::Image {
+                image: "archive".into(),
+                message: e.to_string(),
+            })
     }
 }
 

@@ -8,8 +8,9 @@
 //! - `tugboat stop|start|restart`; a QEMU killed with SIGKILL under RerunOnFailure and a guest
 //!   that powers itself off under Always are restarted; Halted keeps it off; delete removes
 //!   the process, sockets, overlay and ISO;
-//! - `tugboat image save` on one node and `tugboat image load` into another data dir with the
-//!   registry gone, then a Ship from it boots there.
+//! - air gaps: mirrors from the cluster's `tugboat-system/registries` ConfigMap (a bad one is
+//!   refused); `tugboat image save` on one machine, then with the registry gone `tugboat image
+//!   load` into a node's data dir and `--all-nodes` through the apiserver; Ships boot from both.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -477,6 +478,46 @@ fn real_vm_from_registry_lifecycle_and_readoption() {
     assert!(!ship_dir(&node, &b_uid).exists());
 }
 
+/// Runs the `tugboat` CLI, which must fail; returns its stderr.
+#[track_caller]
+fn tugboat_fails(args: &[&str]) -> String {
+    let bin = tugboat_cli_bin().unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new(&bin)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running tugboat {args:?}: {e}"));
+    assert!(
+        !out.status.success(),
+        "tugboat {args:?} succeeded but should have failed:\nstdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn registries_config_map(yaml_body: &str) -> String {
+    let indented: String = yaml_body.lines().map(|l| format!("    {l}\n")).collect();
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: registries\n  namespace: tugboat-system\ndata:\n  registries.yaml: |\n{indented}"
+    )
+}
+
+fn node_image_names(k: &Kubectl, node: &str) -> Vec<String> {
+    let n = k
+        .json(&["get", "node", node])
+        .unwrap_or_else(|e| panic!("get node {node}: {e}"));
+    field(&n, "/status/images")
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|i| i["names"].as_array().cloned().unwrap_or_default())
+        .filter_map(|n| n.as_str().map(str::to_string))
+        .collect()
+}
+
+/// Air-gapped sites: mirrors configured once for the cluster (ConfigMap
+/// `tugboat-system/registries`), `image save` on a connected machine, then with no registry
+/// at all `image load --data-dir` into one node's cache and `image load --all-nodes` through
+/// the apiserver into every node's; Ships boot from what was loaded.
 #[test]
 fn air_gapped_save_and_load() {
     let work = tempfile::tempdir().expect("tempdir");
@@ -506,11 +547,12 @@ fn air_gapped_save_and_load() {
         &registry.host,
     ]);
     let connected = work.path().join("connected-images");
+    let connected_s = connected.to_string_lossy().into_owned();
     tugboat(&[
         "pull",
         &reference,
         "--image-dir",
-        &connected.to_string_lossy(),
+        &connected_s,
         "--insecure-registry",
         &registry.host,
     ]);
@@ -522,13 +564,83 @@ fn air_gapped_save_and_load() {
         "-o",
         &archive.to_string_lossy(),
         "--image-dir",
-        &connected.to_string_lossy(),
+        &connected_s,
     ]);
-    // The site has no registry at all.
-    registry.stop();
+    // A second name, only ever loaded through the apiserver.
+    let cluster_ref = format!("{}/tugboat-test/airgap:cluster", registry.host);
+    tugboat(&[
+        "image",
+        "tag",
+        &reference,
+        &cluster_ref,
+        "--image-dir",
+        &connected_s,
+    ]);
+    let cluster_archive = work.path().join("cluster.tar");
+    tugboat(&[
+        "image",
+        "save",
+        &cluster_ref,
+        "-o",
+        &cluster_archive.to_string_lossy(),
+        "--image-dir",
+        &connected_s,
+    ]);
 
+    // The node has no registry flags: the cluster's settings are all it knows of mirrors.
     let node = TugboatNode::start(node_opts("edge", &[])).expect("start tugboatd");
     let _cleanup = Cleanup(vec![node.data_dir().to_path_buf()]);
+    wait_api_ready(&node).unwrap_or_else(|e| panic!("{e}"));
+    let k = Kubectl::admin(&node).expect("kubectl");
+    k.ok_stdin(&["apply", "-f", "-"], SHIP_CLASS)
+        .expect("apply ShipClass");
+    let bad = registries_config_map(
+        "mirrors:\n  mirror.tugboat.invalid:\n    endpoint: [\"ftp://nowhere\"]",
+    );
+    let refused = k
+        .fail_stdin(&["apply", "-f", "-"], &bad)
+        .expect("a bad registries document is refused");
+    assert!(
+        refused
+            .stderr
+            .contains("data[registries.yaml].mirrors[mirror.tugboat.invalid].endpoint[0]"),
+        "{}",
+        refused.stderr
+    );
+    let good = registries_config_map(&format!(
+        "mirrors:\n  mirror.tugboat.invalid:\n    endpoint: [\"http://{}\"]",
+        registry.host
+    ));
+    k.ok_stdin(&["apply", "-f", "-"], &good)
+        .expect("apply registries");
+    // `mirror.tugboat.invalid` does not resolve: only the mirror can serve this image.
+    let mirrored_ref = "mirror.tugboat.invalid/tugboat-test/airgap:v1";
+    k.ok_stdin(
+        &["apply", "-f", "-"],
+        &ship_yaml("mirrored", mirrored_ref, "Always"),
+    )
+    .expect("apply mirrored Ship");
+    wait_phase(&k, "mirrored", "Running");
+    wait_until(
+        "Node.status.images lists the mirrored image",
+        DEADLINE,
+        || {
+            let names = node_image_names(&k, "edge");
+            if names
+                .iter()
+                .any(|n| n.contains("mirror.tugboat.invalid/tugboat-test/airgap"))
+            {
+                Ok(())
+            } else {
+                Err(format!("{names:?}"))
+            }
+        },
+    );
+    k.ok(&["delete", "ship", "mirrored", "--wait=true", "--timeout=90s"])
+        .expect("delete mirrored ship");
+
+    // The site has no registry at all from here on.
+    registry.stop();
     tugboat(&[
         "image",
         "load",
@@ -543,10 +655,6 @@ fn air_gapped_save_and_load() {
         &node.data_dir().to_string_lossy(),
     ]);
     assert!(listed.contains("tugboat-test/airgap"), "{listed}");
-    wait_api_ready(&node).unwrap_or_else(|e| panic!("{e}"));
-    let k = Kubectl::admin(&node).expect("kubectl");
-    k.ok_stdin(&["apply", "-f", "-"], SHIP_CLASS)
-        .expect("apply ShipClass");
     k.ok_stdin(
         &["apply", "-f", "-"],
         &ship_yaml("offline", &reference, "Always"),
@@ -556,4 +664,76 @@ fn air_gapped_save_and_load() {
     wait_markers(&node.kubeconfig_path(), "offline", 1);
     k.ok(&["delete", "ship", "offline", "--wait=true", "--timeout=90s"])
         .expect("delete ship");
+
+    // Into the whole cluster through the apiserver and the agents.
+    let kubeconfig = node.kubeconfig_path().to_string_lossy().into_owned();
+    let out = tugboat(&[
+        "image",
+        "load",
+        &cluster_archive.to_string_lossy(),
+        "--all-nodes",
+        "--kubeconfig",
+        &kubeconfig,
+    ]);
+    assert!(
+        out.contains(&format!("edge: Loaded: {cluster_ref}")),
+        "{out}"
+    );
+    let listed = tugboat(&[
+        "image",
+        "ls",
+        "--data-dir",
+        &node.data_dir().to_string_lossy(),
+    ]);
+    assert!(
+        listed.contains("airgap") && listed.contains("cluster"),
+        "{listed}"
+    );
+    wait_until(
+        "Node.status.images lists the uploaded image",
+        DEADLINE,
+        || {
+            let names = node_image_names(&k, "edge");
+            if names.iter().any(|n| n == &cluster_ref) {
+                Ok(())
+            } else {
+                Err(format!("{names:?}"))
+            }
+        },
+    );
+    k.ok_stdin(
+        &["apply", "-f", "-"],
+        &ship_yaml("uploaded", &cluster_ref, "Always"),
+    )
+    .expect("apply uploaded Ship");
+    wait_phase(&k, "uploaded", "Running");
+    k.ok(&["delete", "ship", "uploaded", "--wait=true", "--timeout=90s"])
+        .expect("delete uploaded ship");
+
+    // Uploads that cannot work say why and load nothing.
+    let garbage = work.path().join("garbage.tar");
+    std::fs::write(&garbage, vec![0x42u8; 4096]).expect("write garbage");
+    let err = tugboat_fails(&[
+        "image",
+        "load",
+        &garbage.to_string_lossy(),
+        "--node",
+        "edge",
+        "--kubeconfig",
+        &kubeconfig,
+    ]);
+    assert!(
+        err.contains("edge:") && err.contains("image archive"),
+        "{err}"
+    );
+    let err = tugboat_fails(&[
+        "image",
+        "load",
+        &cluster_archive.to_string_lossy(),
+        "--node",
+        "nosuch",
+        "--kubeconfig",
+        &kubeconfig,
+    ]);
+    assert!(err.contains("nosuch") && err.contains("not found"), "{err}");
 }

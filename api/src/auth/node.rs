@@ -206,6 +206,7 @@ pub fn ship_references(ship: &Value, secret: bool, name: &str) -> bool {
 pub fn admit_referenced<'a>(
     user: &UserInfo,
     resource: &str,
+    namespace: &str,
     name: &str,
     mut ships: impl Iterator<Item = &'a Value>,
 ) -> Result<(), ApiError> {
@@ -213,6 +214,10 @@ pub fn admit_referenced<'a>(
         return Ok(());
     };
     let secret = resource == "secrets";
+    if !secret && crate::registries::is_settings(Some(namespace), Some(name)) {
+        // Every node pulls images with the cluster's registry settings.
+        return Ok(());
+    }
     let referenced = ships.any(|s| {
         s.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node)
             && ship_references(s, secret, name)
@@ -439,16 +444,23 @@ mod tests {
             "cloudInit": {"userDataSecretRef": {"name": "other"}},
         }});
         let ships = [mine, theirs];
-        assert!(admit_referenced(&n1, "secrets", "ud", ships.iter()).is_ok());
-        assert!(admit_referenced(&n1, "secrets", "vol", ships.iter()).is_ok());
-        assert!(admit_referenced(&n1, "configmaps", "cm", ships.iter()).is_ok());
-        assert!(admit_referenced(&n1, "secrets", "other", ships.iter()).is_err());
-        assert!(admit_referenced(&n1, "secrets", "cm", ships.iter()).is_err());
+        assert!(admit_referenced(&n1, "secrets", "a", "ud", ships.iter()).is_ok());
+        assert!(admit_referenced(&n1, "secrets", "a", "vol", ships.iter()).is_ok());
+        assert!(admit_referenced(&n1, "configmaps", "a", "cm", ships.iter()).is_ok());
+        assert!(admit_referenced(&n1, "secrets", "a", "other", ships.iter()).is_err());
+        assert!(admit_referenced(&n1, "secrets", "a", "cm", ships.iter()).is_err());
+        // The cluster's registry settings are every node's, and nothing else in that namespace.
+        let none = std::iter::empty();
+        assert!(admit_referenced(&n1, "configmaps", "tugboat-system", "registries", none).is_ok());
+        let none = std::iter::empty();
+        assert!(admit_referenced(&n1, "secrets", "tugboat-system", "registries", none).is_err());
+        let none = std::iter::empty();
+        assert!(admit_referenced(&n1, "configmaps", "tugboat-system", "other", none).is_err());
         let admin = UserInfo {
             name: "alice".into(),
             ..UserInfo::default()
         };
-        assert!(admit_referenced(&admin, "secrets", "other", ships.iter()).is_ok());
+        assert!(admit_referenced(&admin, "secrets", "a", "other", ships.iter()).is_ok());
     }
 
     #[test]

@@ -133,6 +133,7 @@ pub async fn resource(
         crate::auth::node::admit_referenced(
             user,
             r.def.plural,
+            ns(&r).unwrap_or_default(),
             name(&r)?,
             ships.iter().map(|(_, v)| v.as_ref()),
         )?;

@@ -123,8 +123,16 @@ impl ApiServer {
             }
             match target? {
                 Target::Resource(r) if proxy::is_proxied(&r) => {
-                    proxy::handle(&self, *r, &parts.method, &parts.headers, &query, on_upgrade)
-                        .await
+                    proxy::handle(
+                        &self,
+                        *r,
+                        &parts.method,
+                        &parts.headers,
+                        &query,
+                        on_upgrade,
+                        body,
+                    )
+                    .await
                 }
                 Target::Resource(r) => {
                     handlers::resource(&self, &user, *r, &parts.headers, &query, body).await

@@ -1,5 +1,7 @@
 //! `ships/{name}/log` and `ships/{name}/console`: proxied to the node agent of the Ship's node,
-//! as kube-apiserver proxies `pods/log` and `pods/attach` to the kubelet.
+//! as kube-apiserver proxies `pods/log` and `pods/attach` to the kubelet. `nodes/{name}/images`
+//! (POST an OCI image layout tar) streams an image archive into that node's cache, for
+//! air-gapped sites that load images into the whole cluster.
 //!
 //! The apiserver reads the Ship (`spec.nodeName`, `metadata.uid`) and its Node (`InternalIP`
 //! address, `status.daemonEndpoints.kubeletEndpoint.Port`), dials the agent with TLS, verifies
@@ -147,9 +149,12 @@ fn unavailable(message: String) -> ApiError {
 
 /// Whether this request is served by proxying to a node agent.
 pub fn is_proxied(r: &ResourceRequest) -> bool {
-    r.def.kind == "Ship"
-        && r.def.group.is_empty()
-        && matches!(r.subresource.as_str(), "log" | "console")
+    r.def.group.is_empty()
+        && match r.def.kind {
+            "Ship" => matches!(r.subresource.as_str(), "log" | "console"),
+            "Node" => r.subresource == "images",
+            _ => false,
+        }
 }
 
 /// Where a Ship's VM is served.
@@ -160,7 +165,8 @@ struct AgentTarget {
     uid: String,
 }
 
-/// Serves `ships/{name}/log` and `ships/{name}/console` (authorized already).
+/// Serves `ships/{name}/log`, `ships/{name}/console` and `nodes/{name}/images` (authorized
+/// already).
 pub async fn handle(
     api: &ApiServer,
     r: ResourceRequest,
@@ -168,11 +174,16 @@ pub async fn handle(
     headers: &HeaderMap,
     q: &Query,
     on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let name = r
         .name
         .as_deref()
         .ok_or_else(|| ApiError::BadRequest("a name is required".into()))?;
+    if r.def.kind == "Node" {
+        let target = locate_node(api, &r.def, name, None).await?;
+        return load_images(api, &target, headers, body).await;
+    }
     match r.subresource.as_str() {
         "log" => {
             if method != Method::GET {
@@ -269,11 +280,28 @@ async fn locate(
         .registry
         .get("", "v1", "nodes")
         .ok_or(ApiError::NoRoute)?;
-    let node_obj = api
-        .storage
-        .get(nodes, None, &node)
-        .await?
-        .ok_or_else(|| unavailable(format!("node {node} of ship {name} does not exist")))?;
+    let mut target = locate_node(api, nodes, &node, Some(name)).await?;
+    target.ship = name.to_string();
+    target.uid = uid;
+    Ok(target)
+}
+
+/// Finds the agent of node `node` (for the Ship `ship`, when a Ship's request got here).
+async fn locate_node(
+    api: &ApiServer,
+    nodes: &ResourceDef,
+    node: &str,
+    ship: Option<&str>,
+) -> Result<AgentTarget, ApiError> {
+    let node_obj = match (api.storage.get(nodes, None, node).await?, ship) {
+        (Some(n), _) => n,
+        (None, Some(ship)) => {
+            return Err(unavailable(format!(
+                "node {node} of ship {ship} does not exist"
+            )))
+        }
+        (None, None) => return Err(storage::not_found(nodes, node)),
+    };
     let ip: IpAddr = node_obj
         .pointer("/status/addresses")
         .and_then(Value::as_array)
@@ -293,15 +321,15 @@ async fn locate(
         .ok_or_else(|| {
             unavailable(format!(
                 "node {node} advertises no agent endpoint \
-                 (status.daemonEndpoints.kubeletEndpoint.Port): its agent serves no logs or \
-                 consoles"
+                 (status.daemonEndpoints.kubeletEndpoint.Port): its agent serves no logs, \
+                 consoles or image uploads"
             ))
         })?;
     Ok(AgentTarget {
-        ship: name.to_string(),
-        node,
+        ship: String::new(),
+        node: node.to_string(),
         addr: SocketAddr::new(ip, port),
-        uid,
+        uid: String::new(),
     })
 }
 
@@ -318,11 +346,16 @@ fn valid_uid(uid: &str) -> bool {
 
 /// Sends one request over a fresh connection to the agent; the connection is driven (with
 /// upgrades) by a task of its own, which ends with the response body or the upgraded stream.
-async fn send(
+async fn send<B>(
     api: &ApiServer,
     t: &AgentTarget,
-    req: Request<Empty<Bytes>>,
-) -> Result<hyper::Response<hyper::body::Incoming>, ApiError> {
+    req: Request<B>,
+) -> Result<hyper::Response<hyper::body::Incoming>, ApiError>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let stream = api.agents.dial(&t.node, t.addr).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -348,7 +381,7 @@ fn agent_request(t: &AgentTarget, path: &str) -> http::request::Builder {
 
 async fn log(api: &ApiServer, t: &AgentTarget, query: &str) -> Result<Response, ApiError> {
     let req = agent_request(t, &format!("/vms/{}/log?{query}", t.uid))
-        .body(Empty::new())
+        .body(Empty::<Bytes>::new())
         .map_err(|e| ApiError::Internal(format!("building the agent request: {e}")))?;
     let resp = send(api, t, req).await?;
     if resp.status() != StatusCode::OK {
@@ -370,7 +403,7 @@ async fn console(
     let req = agent_request(t, &format!("/vms/{}/console", t.uid))
         .header(header::CONNECTION, "Upgrade")
         .header(header::UPGRADE, CONSOLE_PROTOCOL)
-        .body(Empty::new())
+        .body(Empty::<Bytes>::new())
         .map_err(|e| ApiError::Internal(format!("building the agent request: {e}")))?;
     let resp = send(api, t, req).await?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -411,6 +444,50 @@ async fn console(
         http::HeaderValue::from_static(CONSOLE_PROTOCOL),
     );
     Ok(out)
+}
+
+/// Streams an image archive (the request body) to the node's agent, which loads it into the
+/// node's image cache; answers the agent's `{"images": [...]}` with the node's name added.
+async fn load_images(
+    api: &ApiServer,
+    t: &AgentTarget,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let mut req = agent_request(t, "/images/load")
+        .method(Method::POST)
+        .header(header::CONTENT_TYPE, "application/x-tar");
+    if let Some(len) = headers.get(header::CONTENT_LENGTH) {
+        req = req.header(header::CONTENT_LENGTH, len.clone());
+    }
+    let req = req
+        .body(body)
+        .map_err(|e| ApiError::Internal(format!("building the agent request: {e}")))?;
+    let resp = send(api, t, req).await?;
+    if resp.status() != StatusCode::OK {
+        return Err(agent_error(t, resp).await);
+    }
+    let answer = http_body_util::Limited::new(resp.into_body(), ERROR_BODY_LIMIT)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| bad_gateway(format!("the agent of node {}: {e}", t.node)))?;
+    let images: Value = serde_json::from_slice::<Value>(&answer)
+        .ok()
+        .and_then(|v| v.get("images").cloned())
+        .ok_or_else(|| {
+            bad_gateway(format!(
+                "the agent of node {} answered the upload without an image list",
+                t.node
+            ))
+        })?;
+    let out = serde_json::json!({"node": t.node, "images": images});
+    let mut resp = Response::new(Body::from(out.to_string()));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
 }
 
 /// An agent's non-success answer as an API error with the agent's code and message.

@@ -171,11 +171,28 @@ pub fn resolve(
         "binding" => def.kind == "Ship" && def.group.is_empty(),
         // Proxied to the node agent (crate::http::proxy).
         "log" | "console" => def.kind == "Ship" && def.group.is_empty(),
+        // Image uploads into a node's cache, proxied to its agent.
+        "images" => def.kind == "Node" && def.group.is_empty(),
         "finalize" => def.kind == "Namespace",
         _ => false,
     };
     if !valid_sub {
         return Err(ApiError::NoRoute);
+    }
+    if sub == "images" {
+        return match (method.as_str(), name) {
+            ("POST", Some(name)) => Ok(Target::Resource(Box::new(ResourceRequest {
+                def,
+                namespace,
+                name: Some(name),
+                subresource: sub.to_string(),
+                verb: "create",
+            }))),
+            (_, None) => Err(ApiError::NoRoute),
+            _ => Err(ApiError::MethodNotAllowed(
+                "nodes/images only supports POST of an image archive".into(),
+            )),
+        };
     }
     if sub == "console" && name.is_some() {
         // Attaching writes to the guest, so it needs `create` also when it arrives as a GET

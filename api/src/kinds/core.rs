@@ -1479,6 +1479,19 @@ impl Kind for ConfigMap {
                 message: format!("Too long: must have at most {MAX_CONFIG_BYTES} bytes"),
             });
         }
+        if crate::registries::is_settings(
+            self.metadata.namespace.as_deref(),
+            self.metadata.name.as_deref(),
+        ) {
+            // Nodes pull with these settings; a document they cannot read is refused here.
+            if let Err(e) = crate::registries::validate(self.data.as_ref()) {
+                errs.push(FieldError {
+                    reason: "FieldValueInvalid",
+                    field: e.field,
+                    message: format!("Invalid value: {}", e.message),
+                });
+            }
+        }
         if let Some(old) = old {
             let both = (&self.data, &self.binary_data);
             let old_both = (&old.data, &old.binary_data);

@@ -215,11 +215,24 @@ impl ImageStore {
     /// Loads every image of an OCI layout tar archive; returns the references (or digests of
     /// unnamed images) loaded.
     pub async fn load(&self, archive: &Path, progress: &Progress) -> Result<Vec<String>> {
+        let file = File::open(archive).map_err(io_err("opening", archive))?;
+        self.load_from(file, archive, progress).await
+    }
+
+    /// Like [`ImageStore::load`], reading the archive front to back from `reader` (a blocking
+    /// reader, read on a blocking thread: a file, or an upload bridged from a network stream);
+    /// `archive` names it in errors.
+    pub async fn load_from<R: Read + Send + 'static>(
+        &self,
+        reader: R,
+        archive: &Path,
+        progress: &Progress,
+    ) -> Result<Vec<String>> {
         let store = self.clone();
         let path = archive.to_path_buf();
         let p = progress.clone();
         let (index_bytes, pins) =
-            tokio::task::spawn_blocking(move || store.read_archive(&path, &p)).await??;
+            tokio::task::spawn_blocking(move || store.read_archive(reader, &path, &p)).await??;
         let bad = |message: String| ImageError::Archive {
             path: archive.to_path_buf(),
             message,
@@ -277,13 +290,17 @@ impl ImageStore {
     }
 
     /// Reads the archive front to back: stores verified blobs, returns `index.json`.
-    fn read_archive(&self, path: &Path, progress: &Progress) -> Result<(Vec<u8>, Vec<Pins>)> {
+    fn read_archive(
+        &self,
+        reader: impl Read,
+        path: &Path,
+        progress: &Progress,
+    ) -> Result<(Vec<u8>, Vec<Pins>)> {
         let bad = |message: String| ImageError::Archive {
             path: path.to_path_buf(),
             message,
         };
-        let file = File::open(path).map_err(io_err("opening", path))?;
-        let mut archive = tar::Archive::new(BufReader::with_capacity(blobio::CHUNK, file));
+        let mut archive = tar::Archive::new(BufReader::with_capacity(blobio::CHUNK, reader));
         let mut index = None;
         let mut layout_ok = false;
         let mut pins = Vec::new();

@@ -33,7 +33,7 @@ pub use auth::{Credentials, DockerConfig};
 pub use disk::{Arch, DiskFormat};
 pub use error::ImageError;
 pub use imagefile::{Imagefile, ImagefileError};
-pub use progress::Progress;
+pub use progress::{Progress, Task};
 pub use reference::ImageRef;
 pub use registry::{PullOptions, PushOptions};
 pub use store::{GcReport, ImageStore, ImageSummary, LocalImage, Removed};
