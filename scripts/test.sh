@@ -38,6 +38,8 @@ command -v isoinfo >/dev/null || missing_pkgs+=(genisoimage)
 [ "$(dpkg-query -W -f='${Status}' busybox-static 2>/dev/null || true)" = "install ok installed" ] ||
     missing_pkgs+=(busybox-static)
 compgen -G '/boot/vmlinuz-*-cloud-amd64' >/dev/null || missing_pkgs+=(linux-image-cloud-amd64)
+# The guest-agent test copies Debian's real qemu-ga (and its libraries) into its guest.
+[ -x /usr/sbin/qemu-ga ] || missing_pkgs+=(qemu-guest-agent)
 if [ "${#missing_pkgs[@]}" -gt 0 ]; then
     echo "installing ${missing_pkgs[*]}"
     as_root apt-get update

@@ -713,10 +713,7 @@ async fn reconcile_inner<R: Runtime>(
             else {
                 return Ok(Action::requeue(Duration::from_secs(10)));
             };
-            ctx.runtime
-                .prepare_image(&vm_spec.image, &registries)
-                .await?;
-            ctx.runtime.start(&vm_spec).await?;
+            boot(obj, ctx, &api, &strategy, &vm_spec, &registries).await?;
         }
         Step::Stop => ctx.runtime.stop(&uid, true).await?,
         Step::Restart => {
@@ -749,10 +746,7 @@ async fn reconcile_inner<R: Runtime>(
                     else {
                         return Ok(Action::requeue(Duration::from_secs(10)));
                     };
-                    ctx.runtime
-                        .prepare_image(&spec_vm.image, &registries)
-                        .await?;
-                    ctx.runtime.start(&spec_vm).await?;
+                    boot(obj, ctx, &api, &strategy, &spec_vm, &registries).await?;
                     if let Some(rec) = ctx
                         .crashes
                         .lock()
@@ -868,19 +862,24 @@ async fn report<R: Runtime>(
             .and_then(|v| v.reason.clone())
     });
     want.insert("reason".into(), json!(reason));
-    if let Some(g) = vm.and_then(|v| v.guest.as_ref()) {
-        // The name `ShipStatus::guest_os_info` serializes to: the apiserver drops status
-        // fields its type does not know (a `guestOSInfo` written here never reached a reader).
-        want.insert(
-            "guestOsInfo".into(),
-            json!({
-                "name": g.os_name,
-                "version": g.os_version,
-                "kernelRelease": g.kernel_release,
-                "hostname": g.hostname,
-            }),
-        );
-    }
+    // Only the facts the guest gave (the stored status omits absent ones, so nulls here would
+    // never compare equal and every reconcile would write again); none once the VM is down.
+    let guest = vm
+        .filter(|v| matches!(v.state, VmState::Running))
+        .and_then(|v| v.guest.as_ref())
+        .map(|g| {
+            let facts: Map<String, Value> = [
+                ("name", &g.os_name),
+                ("version", &g.os_version),
+                ("kernelRelease", &g.kernel_release),
+                ("hostname", &g.hostname),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), json!(v))))
+            .collect();
+            Value::Object(facts)
+        });
+    want.insert("guestOSInfo".into(), guest.unwrap_or(Value::Null));
     if let Some(v) = vm {
         want.insert(
             "restartCount".into(),
@@ -963,6 +962,46 @@ async fn resolve_or_report<R: Runtime>(
             Ok(None)
         }
     }
+}
+
+/// Pulls the image and starts the VM. A failure is written to the Ship's status
+/// (`ImagePullFailed` or `StartFailed`, with the runtime's message) before it is retried with
+/// backoff, so `kubectl describe` says why a Ship does not run.
+async fn boot<R: Runtime>(
+    obj: &DynamicObject,
+    ctx: &Ctx<R>,
+    api: &Api<DynamicObject>,
+    strategy: &str,
+    vm_spec: &VmSpec,
+    registries: &RegistryHosts,
+) -> Result<(), AgentError> {
+    let result = match ctx.runtime.prepare_image(&vm_spec.image, registries).await {
+        Err(e) => Err(("ImagePullFailed", e)),
+        Ok(()) => ctx
+            .runtime
+            .start(vm_spec)
+            .await
+            .map_err(|e| ("StartFailed", e)),
+    };
+    let Err((reason, e)) = result else {
+        return Ok(());
+    };
+    let patch = json!({"status": {
+        "phase": phase_for(strategy, None),
+        "reason": reason,
+        "message": e.to_string(),
+    }});
+    if let Err(pe) = api
+        .patch_status(
+            &obj.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        tracing::warn!(ship = %obj.name_any(), error = %pe, "reporting a failed start");
+    }
+    Err(e.into())
 }
 
 /// Deletion: stop and delete the VM, then drop the finalizer once the runtime no longer has it.

@@ -358,8 +358,8 @@ pub struct ShipStatus {
     /// State of the current or last live migration.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub migration: Option<MigrationStatus>,
-    /// What the guest agent reports about the guest OS.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// What the guest agent reports about the guest OS (`guestOSInfo`, as KubeVirt names it).
+    #[serde(rename = "guestOSInfo", skip_serializing_if = "Option::is_none")]
     pub guest_os_info: Option<GuestOsInfo>,
 }
 
