@@ -70,6 +70,14 @@ impl Runtime for HostRuntime {
         each!(self, r => Runtime::images(r).await)
     }
 
+    async fn pause(&self, uid: &str) -> Result<(), RuntimeError> {
+        each!(self, r => r.pause(uid).await)
+    }
+
+    async fn resume(&self, uid: &str) -> Result<(), RuntimeError> {
+        each!(self, r => r.resume(uid).await)
+    }
+
     async fn load_images(&self, archive: ArchiveReader) -> Result<Vec<String>, RuntimeError> {
         each!(self, r => r.load_images(archive).await)
     }

@@ -1,9 +1,10 @@
-//! `tugboat start|stop|restart|logs|console SHIP`: Ship operations through the apiserver with a
-//! kubeconfig's credentials, as kubectl does them.
+//! `tugboat start|stop|restart|pause|unpause|logs|console SHIP`: Ship operations through the
+//! apiserver with a kubeconfig's credentials, as kubectl does them.
 //!
 //! `start` and `stop` merge-patch `spec.runStrategy` (`Always`, `Halted`); `restart`
 //! merge-patches the annotation `tugboat.io/restartedAt` with the current time, and the node
-//! agent restarts a running VM whose token changed. `logs` streams `ships/NAME/log`.
+//! agent restarts a running VM whose token changed; `pause` sets `tugboat.io/paused: "true"`
+//! and `unpause` removes it, and the agent pauses or resumes the VM's vCPUs over QMP. `logs` streams `ships/NAME/log`.
 //! `console` opens an HTTP/1.1 upgrade (`Upgrade: tugboat-console`) on
 //! `ships/NAME/console` and copies the terminal to the serial console and back: a terminal is
 //! put in raw mode (restored on every exit) and Ctrl-] detaches; piped input is sent until its
@@ -24,7 +25,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tugboat_api::http::proxy::{CONSOLE_PROTOCOL, ESCAPE_BYTE};
-use tugboat_nodeagent::agent::{ship_resource, RESTART_ANNOTATION};
+use tugboat_nodeagent::agent::{ship_resource, PAUSE_ANNOTATION, RESTART_ANNOTATION};
 
 /// How long connecting to the apiserver may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -96,6 +97,10 @@ pub enum ShipCommand {
     Stop(ShipTarget),
     /// Restart a Ship's running VM (annotation `tugboat.io/restartedAt`).
     Restart(ShipTarget),
+    /// Pause a Ship's vCPUs, keeping its memory and devices (annotation `tugboat.io/paused`).
+    Pause(ShipTarget),
+    /// Resume a paused Ship.
+    Unpause(ShipTarget),
     /// Print a Ship's serial console log.
     Logs {
         /// The Ship.
@@ -139,6 +144,16 @@ pub async fn run(cmd: ShipCommand) -> anyhow::Result<()> {
             let (client, ns) = client(&t).await?;
             request_restart(&client, &ns, &t.name, jiff::Timestamp::now()).await?;
             println!("ship/{} restart requested", t.name);
+        }
+        ShipCommand::Pause(t) => {
+            let (client, ns) = client(&t).await?;
+            set_paused(&client, &ns, &t.name, true).await?;
+            println!("ship/{} paused", t.name);
+        }
+        ShipCommand::Unpause(t) => {
+            let (client, ns) = client(&t).await?;
+            set_paused(&client, &ns, &t.name, false).await?;
+            println!("ship/{} unpaused", t.name);
         }
         ShipCommand::Logs {
             target,
@@ -216,6 +231,21 @@ pub async fn request_restart(
     at: jiff::Timestamp,
 ) -> Result<(), ShipCtlError> {
     let patch = json!({"metadata": {"annotations": {RESTART_ANNOTATION: at.to_string()}}});
+    ships(client, ns)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Sets (`"true"`) or removes the pause annotation; the node agent pauses or resumes the VM.
+pub async fn set_paused(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    paused: bool,
+) -> Result<(), ShipCtlError> {
+    let value = if paused { json!("true") } else { Value::Null };
+    let patch = json!({"metadata": {"annotations": {PAUSE_ANNOTATION: value}}});
     ships(client, ns)
         .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;

@@ -30,6 +30,9 @@ pub const FORCE_DELETE_ANNOTATION: &str = "tugboat.io/force-delete-local-state";
 pub const LEASE_NAMESPACE: &str = "tugboat-node-lease";
 /// Annotation `tugboat restart` sets (a timestamp); a running VM is restarted when it changes.
 pub const RESTART_ANNOTATION: &str = "tugboat.io/restartedAt";
+/// Annotation `tugboat pause` sets to `"true"`: a running VM's vCPUs are paused while it is, and
+/// resumed when it goes (`tugboat unpause`).
+pub const PAUSE_ANNOTATION: &str = "tugboat.io/paused";
 /// Label carrying the node's runtime class.
 pub const RUNTIME_CLASS_LABEL: &str = "tugboat.io/runtime-class";
 
@@ -778,6 +781,20 @@ async fn reconcile_inner<R: Runtime>(
                     }
                 }
             }
+            // `tugboat pause` / `unpause`: the annotation says what the vCPUs should do.
+            if let Some(v) = vm.as_ref().filter(|v| v.state == VmState::Running) {
+                let want_paused = obj
+                    .annotations()
+                    .get(PAUSE_ANNOTATION)
+                    .is_some_and(|a| a == "true");
+                if want_paused && !v.is_paused() {
+                    tracing::info!(ship = %name, %namespace, "pausing VM on request");
+                    ctx.runtime.pause(&uid).await?;
+                } else if !want_paused && v.is_paused() {
+                    tracing::info!(ship = %name, %namespace, "resuming VM on request");
+                    ctx.runtime.resume(&uid).await?;
+                }
+            }
         }
     }
     let vm = ctx.runtime.status(&uid).await?;
@@ -845,6 +862,34 @@ async fn report<R: Runtime>(
         }));
         want.insert("conditions".into(), json!(next));
     }
+    // A `Paused` condition while the vCPUs are paused (as KubeVirt reports it); none otherwise.
+    let paused = vm.is_some_and(VmStatus::is_paused);
+    let has_paused = current
+        .and_then(|c| c.get("conditions"))
+        .and_then(Value::as_array)
+        .is_some_and(|cs| cs.iter().any(|c| c.get("type") == Some(&json!("Paused"))));
+    if paused != has_paused {
+        let base = want
+            .get("conditions")
+            .cloned()
+            .or_else(|| current.and_then(|c| c.get("conditions")).cloned())
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default();
+        let mut next: Vec<Value> = base
+            .into_iter()
+            .filter(|c| c.get("type") != Some(&json!("Paused")))
+            .collect();
+        if paused {
+            next.push(json!({
+                "type": "Paused",
+                "status": "True",
+                "reason": "PausedByUser",
+                "message": format!("vCPUs paused ({PAUSE_ANNOTATION}=true)"),
+                "lastTransitionTime": now_time(),
+            }));
+        }
+        want.insert("conditions".into(), json!(next));
+    }
     if phase == "Running" {
         // What another component said about a Ship that was not running (e.g. NodeLost) no
         // longer holds.
@@ -856,8 +901,12 @@ async fn report<R: Runtime>(
         "ipAddresses".into(),
         json!(vm.map(|v| v.ip_addresses.clone()).unwrap_or_default()),
     );
-    // The runtime's own reason (guest-shutdown, guest-panicked, …) when the agent has none.
+    // The runtime's own reason (guest-shutdown, guest-panicked, …) when the agent has none;
+    // `Paused` for a running VM with paused vCPUs.
     let reason = reason.or_else(|| {
+        if paused {
+            return Some("Paused".to_string());
+        }
         vm.filter(|v| v.state != VmState::Running)
             .and_then(|v| v.reason.clone())
     });

@@ -22,7 +22,8 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use crate::runtime::{
-    ConsoleEndpoints, RegistryHosts, Runtime, RuntimeError, RuntimeEvent, VmSpec, VmState, VmStatus,
+    ConsoleEndpoints, RegistryHosts, Runtime, RuntimeError, RuntimeEvent, VmSpec, VmState,
+    VmStatus, PAUSED_REASON,
 };
 
 /// Knobs of a [`FakeRuntime`].
@@ -65,6 +66,8 @@ struct FakeVm {
     boots: u32,
     /// Bumped on every start/stop so stale timers do nothing.
     epoch: u64,
+    /// vCPUs paused (meaningful while Running; a new boot clears it).
+    paused: bool,
 }
 
 #[derive(Debug)]
@@ -136,6 +139,28 @@ impl FakeRuntime {
         // A panic while holding the lock cannot leave the maps half-updated in a way that
         // matters for a fake; keep going with the inner value.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_paused(&self, uid: &str, paused: bool) -> Result<(), RuntimeError> {
+        let changed = {
+            let mut inner = self.lock();
+            let vm = inner
+                .vms
+                .get_mut(uid)
+                .ok_or_else(|| RuntimeError::NotFound(uid.to_string()))?;
+            if vm.state != VmState::Running {
+                return Err(RuntimeError::Unavailable(format!(
+                    "VM {uid} is not running"
+                )));
+            }
+            let changed = vm.paused != paused;
+            vm.paused = paused;
+            changed
+        };
+        if changed {
+            self.emit(uid, Some(VmState::Running));
+        }
+        Ok(())
     }
 
     fn emit(&self, uid: &str, state: Option<VmState>) {
@@ -352,8 +377,10 @@ impl Runtime for FakeRuntime {
                 ip,
                 boots: 0,
                 epoch: 0,
+                paused: false,
             });
             vm.state = VmState::Starting;
+            vm.paused = false;
             vm.started_at = None;
             vm.boots += 1;
             vm.epoch += 1;
@@ -408,8 +435,16 @@ impl Runtime for FakeRuntime {
             },
             restarts: vm.boots.saturating_sub(1),
             guest: None,
-            reason: None,
+            reason: (vm.paused && vm.state == VmState::Running).then(|| PAUSED_REASON.to_string()),
         }))
+    }
+
+    async fn pause(&self, uid: &str) -> Result<(), RuntimeError> {
+        self.set_paused(uid, true)
+    }
+
+    async fn resume(&self, uid: &str) -> Result<(), RuntimeError> {
+        self.set_paused(uid, false)
     }
 
     async fn list(&self) -> Result<Vec<String>, RuntimeError> {
@@ -467,6 +502,29 @@ mod tests {
                 .expect("state change within 30s")
                 .expect("event channel open");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pauses_only_running_vms_and_a_new_boot_resumes() {
+        let rt = FakeRuntime::new(FakeConfig::default());
+        rt.start(&spec("p")).await.unwrap();
+        assert!(rt.pause("p").await.is_err(), "a starting VM cannot pause");
+        wait_state(&rt, "p", VmState::Running).await;
+        rt.pause("p").await.unwrap();
+        let st = rt.status("p").await.unwrap().unwrap();
+        assert!(st.is_paused());
+        assert_eq!(st.state, VmState::Running);
+        rt.resume("p").await.unwrap();
+        assert!(!rt.status("p").await.unwrap().unwrap().is_paused());
+        rt.pause("p").await.unwrap();
+        rt.stop("p", true).await.unwrap();
+        rt.start(&spec("p")).await.unwrap();
+        let st = wait_state(&rt, "p", VmState::Running).await;
+        assert!(!st.is_paused(), "a new boot is not paused");
+        assert!(matches!(
+            rt.pause("missing").await,
+            Err(RuntimeError::NotFound(_))
+        ));
     }
 
     #[tokio::test(start_paused = true)]

@@ -25,6 +25,6 @@ pub use agent::{
 pub use fake::{FakeConfig, FakeRuntime};
 pub use runtime::{
     ArchiveReader, CloudInitData, ConsoleEndpoints, CpuSpec, GuestInfo, NodeImage, PortForward,
-    RegistryHosts, Runtime, RuntimeError, RuntimeEvent, VmSpec, VmState, VmStatus,
+    RegistryHosts, Runtime, RuntimeError, RuntimeEvent, VmSpec, VmState, VmStatus, PAUSED_REASON,
 };
 pub use server::{AgentServer, AgentServerConfig, ServerError};

@@ -140,8 +140,19 @@ pub struct VmStatus {
     pub restarts: u32,
     /// Guest OS facts from the guest agent, when it answers.
     pub guest: Option<GuestInfo>,
-    /// Why the VM stopped or crashed (`guest-shutdown`, `guest-panicked`, `process exited`, …).
+    /// Why the VM stopped or crashed (`guest-shutdown`, `guest-panicked`, `process exited`, …),
+    /// or [`PAUSED_REASON`] for a running VM whose vCPUs are paused.
     pub reason: Option<String>,
+}
+
+/// [`VmStatus::reason`] of a running VM whose vCPUs are paused.
+pub const PAUSED_REASON: &str = "paused";
+
+impl VmStatus {
+    /// Whether the VM runs with its vCPUs paused.
+    pub fn is_paused(&self) -> bool {
+        self.state == VmState::Running && self.reason.as_deref() == Some(PAUSED_REASON)
+    }
 }
 
 /// A state change reported by the runtime.
@@ -253,6 +264,26 @@ pub trait Runtime: Send + Sync + 'static {
     /// Images the node holds, for `Node.status.images` (names and sizes).
     fn images(&self) -> impl Future<Output = Vec<NodeImage>> + Send {
         async { Vec::new() }
+    }
+
+    /// Pauses a running VM's vCPUs (memory and devices stay; `resume` continues it).
+    fn pause(&self, uid: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        let uid = uid.to_string();
+        async move {
+            Err(RuntimeError::Unavailable(format!(
+                "VM {uid}: this runtime cannot pause VMs"
+            )))
+        }
+    }
+
+    /// Resumes a paused VM.
+    fn resume(&self, uid: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        let uid = uid.to_string();
+        async move {
+            Err(RuntimeError::Unavailable(format!(
+                "VM {uid}: this runtime cannot pause VMs"
+            )))
+        }
     }
 
     /// Loads the images of an OCI image layout tar archive (`tugboat image save`), read front

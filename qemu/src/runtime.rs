@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tugboat_nodeagent::{
     ArchiveReader, ConsoleEndpoints, GuestInfo, NodeImage, RegistryHosts, Runtime, RuntimeError,
-    RuntimeEvent, VmSpec, VmState, VmStatus,
+    RuntimeEvent, VmSpec, VmState, VmStatus, PAUSED_REASON,
 };
 
 use crate::accel::{self, Accel, AccelChoice, AccelProbe};
@@ -251,16 +251,6 @@ impl QemuRuntime {
         live.as_ref().map(|l| l.pid)
     }
 
-    /// Pauses a running VM's vCPUs.
-    pub async fn pause(&self, uid: &str) -> Result<(), RuntimeError> {
-        self.qmp_of(uid)?.pause().await.map_err(unavailable)
-    }
-
-    /// Resumes a paused VM.
-    pub async fn resume(&self, uid: &str) -> Result<(), RuntimeError> {
-        self.qmp_of(uid)?.resume().await.map_err(unavailable)
-    }
-
     /// Hard-resets a running VM (the guest reboots at once).
     pub async fn reset(&self, uid: &str) -> Result<(), RuntimeError> {
         self.qmp_of(uid)?.reset().await.map_err(unavailable)
@@ -305,11 +295,12 @@ impl QemuRuntime {
             if r.state == state && r.reason == reason {
                 return;
             }
-            r.state = state;
-            r.reason = reason;
-            if state == Persisted::Running {
+            // Pausing and resuming keep the boot's start time; only a new boot moves it.
+            if state == Persisted::Running && r.state != Persisted::Running {
                 r.started_at = Some(jiff::Timestamp::now());
             }
+            r.state = state;
+            r.reason = reason;
         }
         self.persist(vm);
         self.emit(uid, Some(state.into()));
@@ -425,7 +416,7 @@ impl QemuRuntime {
                     }
                 }
                 Ok(s) if s == "paused" => {
-                    self.set_state(&uid, &vm, Persisted::Running, Some("paused".into()))
+                    self.set_state(&uid, &vm, Persisted::Running, Some(PAUSED_REASON.into()))
                 }
                 Ok(s) => tracing::debug!(%uid, status = %s, "qemu status"),
                 Err(e) => tracing::debug!(%uid, error = %e, "query-status"),
@@ -444,7 +435,7 @@ impl QemuRuntime {
                             match ev {
                                 VmEvent::Shutdown { guest, reason } => last_shutdown = Some((guest, reason)),
                                 VmEvent::Panicked => panicked = true,
-                                VmEvent::Stop => self.set_state(&uid, &vm, Persisted::Running, Some("paused".into())),
+                                VmEvent::Stop => self.set_state(&uid, &vm, Persisted::Running, Some(PAUSED_REASON.into())),
                                 VmEvent::Resume => self.set_state(&uid, &vm, Persisted::Running, None),
                                 VmEvent::Reset | VmEvent::Powerdown => {}
                             }
@@ -935,6 +926,14 @@ impl Runtime for QemuRuntime {
                 Vec::new()
             }
         }
+    }
+
+    async fn pause(&self, uid: &str) -> Result<(), RuntimeError> {
+        self.qmp_of(uid)?.pause().await.map_err(unavailable)
+    }
+
+    async fn resume(&self, uid: &str) -> Result<(), RuntimeError> {
+        self.qmp_of(uid)?.resume().await.map_err(unavailable)
     }
 
     async fn load_images(&self, archive: ArchiveReader) -> Result<Vec<String>, RuntimeError> {

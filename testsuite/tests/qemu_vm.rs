@@ -159,6 +159,34 @@ fn ship_yaml(name: &str, image: &str, strategy: &str) -> String {
     )
 }
 
+/// One `tugboat console` session with piped input: sends `line`, returns what came back.
+fn console_session(bin: &Path, kubeconfig: &str, ship: &str, line: &str, timeout: &str) -> String {
+    let mut child = Command::new(bin)
+        .args([
+            "console",
+            ship,
+            "--timeout",
+            timeout,
+            "--kubeconfig",
+            kubeconfig,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn tugboat console");
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write as _;
+        let _ = stdin.write_all(format!("{line}\n").as_bytes());
+    }
+    let out = child.wait_with_output().expect("tugboat console");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 struct Cleanup(Vec<PathBuf>);
 
 impl Drop for Cleanup {
@@ -296,6 +324,53 @@ fn real_vm_from_registry_lifecycle_and_readoption() {
             .then_some(())
             .ok_or_else(|| "not yet".to_string())
     });
+
+    // Pause: the vCPUs stop over QMP, so the guest echoes nothing; unpaused, it answers again.
+    tugboat(&["pause", "web", "--kubeconfig", &kc]);
+    let paused = wait_until("Paused condition", DEADLINE, || {
+        let s = ship(&k, "web");
+        let paused = field(&s, "/status/conditions")
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Paused" && c["status"] == "True");
+        if paused && field(&s, "/status/reason") == "Paused" {
+            Ok(s)
+        } else {
+            Err(format!("{}", field(&s, "/status")))
+        }
+    });
+    assert_eq!(field(&paused, "/status/phase"), "Running");
+    let silent = console_session(&bin, &kc, "web", "while-paused", "3s");
+    assert!(
+        !silent.contains("GUEST-ECHO:while-paused"),
+        "a paused guest echoed: {silent}"
+    );
+    tugboat(&["unpause", "web", "--kubeconfig", &kc]);
+    wait_until("Paused condition gone", DEADLINE, || {
+        let s = ship(&k, "web");
+        let paused = field(&s, "/status/conditions")
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Paused");
+        if !paused && field(&s, "/status/reason").is_null() {
+            Ok(())
+        } else {
+            Err(format!("{}", field(&s, "/status")))
+        }
+    });
+    wait_until("console echo after unpause", DEADLINE, || {
+        let out = console_session(&bin, &kc, "web", "after-unpause", "5s");
+        out.contains("GUEST-ECHO:after-unpause")
+            .then_some(())
+            .ok_or(out)
+    });
+    assert_eq!(
+        qemu_pid(&node, &uid),
+        Some(pid),
+        "pause must not restart QEMU"
+    );
 
     // The root disk is a linked clone: a qcow2 overlay whose backing file is the cached image.
     let info = Command::new("qemu-img")

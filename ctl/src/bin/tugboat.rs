@@ -14,7 +14,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Ship operations through the apiserver: start, stop, restart, logs, console.
+    /// Ship operations through the apiserver: start, stop, restart, pause, unpause, logs, console.
     #[command(flatten)]
     Ship(tugboat_ctl::shipctl::ShipCommand),
     /// Join tokens for new members.
