@@ -32,6 +32,8 @@ command -v kubectl >/dev/null || missing_pkgs+=(kubernetes-client)
 command -v qemu-system-x86_64 >/dev/null || missing_pkgs+=(qemu-system-x86)
 command -v qemu-img >/dev/null || missing_pkgs+=(qemu-utils)
 [ -x /usr/bin/docker-registry ] || missing_pkgs+=(docker-registry)
+# htpasswd (bcrypt entries) for the registry-credentials test.
+command -v htpasswd >/dev/null || missing_pkgs+=(apache2-utils)
 command -v skopeo >/dev/null || missing_pkgs+=(skopeo)
 command -v isoinfo >/dev/null || missing_pkgs+=(genisoimage)
 # The guest needs the static build (Debian's `busybox` package is dynamically linked).

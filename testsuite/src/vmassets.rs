@@ -600,6 +600,16 @@ impl Registry {
     /// Starts a registry with its storage in a temporary directory and waits until `/v2/`
     /// answers.
     pub fn start() -> Result<Self> {
+        Self::start_inner(None)
+    }
+
+    /// Like [`Registry::start`], with htpasswd authentication: only `user`/`password` may pull
+    /// or push (the bcrypt entry comes from `htpasswd` of Debian's `apache2-utils`).
+    pub fn start_with_auth(user: &str, password: &str) -> Result<Self> {
+        Self::start_inner(Some((user, password)))
+    }
+
+    fn start_inner(auth: Option<(&str, &str)>) -> Result<Self> {
         let bin = Path::new("/usr/bin/docker-registry");
         if !bin.is_file() {
             return Err(AssetError::Missing {
@@ -612,14 +622,32 @@ impl Registry {
             .map_err(|e| AssetError::Setup(format!("free port: {e}")))?[0];
         let host = format!("127.0.0.1:{port}");
         let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .map_err(setup("registry config"))?;
+        let mut yaml = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
+            dir.path().join("data").display()
+        );
+        if let Some((user, password)) = auth {
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", user, password])
+                .output()
+                .map_err(|e| AssetError::Missing {
+                    what: format!("htpasswd ({e})"),
+                    hint: "apt-get install -y apache2-utils (scripts/test.sh does)".into(),
+                })?;
+            if !out.status.success() {
+                return Err(AssetError::Setup(format!(
+                    "htpasswd: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )));
+            }
+            let file = dir.path().join("htpasswd");
+            std::fs::write(&file, &out.stdout).map_err(setup("htpasswd file"))?;
+            yaml.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: tugboat-test\n    path: {}\n",
+                file.display()
+            ));
+        }
+        std::fs::write(&config, yaml).map_err(setup("registry config"))?;
         let log = std::fs::File::create(dir.path().join("registry.log"))
             .map_err(setup("registry log"))?;
         let child = Command::new(bin)

@@ -433,3 +433,145 @@ fn build_push_pull_save_load_rm_against_a_real_registry() {
     );
     eprintln!("images end to end: {:.1}s", started.elapsed().as_secs_f64());
 }
+
+/// Registry credentials come from docker's `config.json` (`$DOCKER_CONFIG`), as `docker login`
+/// writes it: against Debian's docker-registry with htpasswd auth, push and pull work with an
+/// `auth` entry or a `username`/`password` entry, and are refused without or with a wrong one.
+#[test]
+fn push_and_pull_with_docker_config_credentials() {
+    use base64::Engine as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let registry = tugboat_testsuite::vmassets::Registry::start_with_auth("tugboat", "s3cret-Pass")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let host = registry.host.clone();
+    let ctx = root.join("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    let mut kernel = vec![0u8; 64 << 10];
+    rand::rng().fill_bytes(&mut kernel);
+    std::fs::write(ctx.join("vmlinuz"), &kernel).unwrap();
+    std::fs::write(ctx.join("Imagefile"), "FROM scratch\nKERNEL vmlinuz\n").unwrap();
+    let a = root.join("a");
+    let b = root.join("b");
+    let reference = format!("{host}/private/vm:v1");
+    let r = reference.as_str();
+    let (a_s, b_s) = (a.to_str().unwrap(), b.to_str().unwrap());
+    ok(
+        &[
+            "build",
+            "-f",
+            ctx.join("Imagefile").to_str().unwrap(),
+            "-t",
+            r,
+            "--image-dir",
+            a_s,
+            ctx.to_str().unwrap(),
+        ],
+        &[],
+    );
+
+    let config_dir = |name: &str, json: String| {
+        let d = root.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("config.json"), json).unwrap();
+        d.to_str().unwrap().to_string()
+    };
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let none = config_dir("none", "{}".into());
+    let wrong = config_dir(
+        "wrong",
+        format!(
+            r#"{{"auths": {{"{host}": {{"auth": "{}"}}}}}}"#,
+            b64("tugboat:not-the-password")
+        ),
+    );
+    let right_auth = config_dir(
+        "right-auth",
+        format!(
+            r#"{{"auths": {{"http://{host}": {{"auth": "{}"}}}}}}"#,
+            b64("tugboat:s3cret-Pass")
+        ),
+    );
+    let right_fields = config_dir(
+        "right-fields",
+        format!(
+            r#"{{"auths": {{"{host}": {{"username": "tugboat", "password": "s3cret-Pass"}}}}}}"#
+        ),
+    );
+    let push = ["push", r, "--image-dir", a_s, "--insecure-registry", &host];
+    for cfg in [&none, &wrong] {
+        let out = tugboat(&push, &[("DOCKER_CONFIG", cfg)]);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        assert!(!out.status.success(), "push with {cfg} must be refused");
+        assert!(
+            stderr.contains("unauthorized") || stderr.contains("401"),
+            "push with {cfg}: {stderr}"
+        );
+    }
+    let (pushed, _) = ok(&push, &[("DOCKER_CONFIG", &right_auth)]);
+    let pull = ["pull", r, "--image-dir", b_s, "--insecure-registry", &host];
+    let out = tugboat(&pull, &[("DOCKER_CONFIG", &none)]);
+    assert!(!out.status.success(), "anonymous pull must be refused");
+    let (pulled, _) = ok(&pull, &[("DOCKER_CONFIG", &right_fields)]);
+    let digest = |s: &str| {
+        s.split_whitespace()
+            .find(|w| w.starts_with("sha256:"))
+            .map(str::to_string)
+    };
+    assert!(digest(&pushed).is_some(), "push printed a digest: {pushed}");
+    assert_eq!(digest(&pushed), digest(&pulled), "{pushed} / {pulled}");
+
+    // Credential helpers: `credHelpers` names a `docker-credential-*` program on PATH, which
+    // gets the server on stdin and answers JSON; it takes precedence over `auths`.
+    let bin = root.join("helpers");
+    std::fs::create_dir(&bin).unwrap();
+    let helper = bin.join("docker-credential-tugboattest");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 2\nread server\n[ \"$server\" = \"{host}\" ] || {{ echo 'credentials not found in native keychain'; exit 1; }}\necho '{{\"ServerURL\":\"{host}\",\"Username\":\"tugboat\",\"Secret\":\"s3cret-Pass\"}}'\n"
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let helped = config_dir(
+        "helped",
+        format!(
+            r#"{{"auths": {{"{host}": {{"auth": "{}"}}}}, "credHelpers": {{"{host}": "tugboattest"}}}}"#,
+            b64("tugboat:not-the-password")
+        ),
+    );
+    let c = root.join("c");
+    let pull_c = [
+        "pull",
+        r,
+        "--image-dir",
+        c.to_str().unwrap(),
+        "--insecure-registry",
+        &host,
+    ];
+    let (pulled, _) = ok(&pull_c, &[("DOCKER_CONFIG", &helped), ("PATH", &path)]);
+    assert_eq!(
+        digest(&pushed),
+        digest(&pulled),
+        "through the helper: {pulled}"
+    );
+    // A configured helper that is not installed is an error that names it.
+    let missing = config_dir(
+        "missing",
+        r#"{"credsStore": "tugboat-not-installed"}"#.into(),
+    );
+    let out = tugboat(&pull_c, &[("DOCKER_CONFIG", &missing)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("docker-credential-tugboat-not-installed"),
+        "{stderr}"
+    );
+}

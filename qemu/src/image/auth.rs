@@ -1,9 +1,12 @@
 //! Registry credentials from docker's `config.json`.
 //!
-//! The file is `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`. Each entry of
-//! `auths` (keyed by host, or by a URL such as `https://index.docker.io/v1/`) gives either
-//! `auth` (base64 of `user:password`) or `username` and `password`. Credential helpers
-//! (`credsStore`, `credHelpers`) are not run.
+//! The file is `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`. As in docker, a
+//! registry's credentials come from its `credHelpers` entry if it has one, else from the
+//! `credsStore` helper if one is set, else from `auths` (keyed by host, or by a URL such as
+//! `https://index.docker.io/v1/`): `auth` (base64 of `user:password`) or `username` and
+//! `password`. A helper `NAME` is the program `docker-credential-NAME` on `PATH`, run as
+//! `docker-credential-NAME get` with the server on stdin, answering
+//! `{"Username": …, "Secret": …}`; "credentials not found" means anonymous.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -59,9 +62,14 @@ impl Credentials {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct RawConfig {
     #[serde(default)]
     auths: BTreeMap<String, RawAuth>,
+    #[serde(default)]
+    creds_store: Option<String>,
+    #[serde(default)]
+    cred_helpers: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -74,10 +82,27 @@ struct RawAuth {
     password: Option<String>,
 }
 
-/// The `auths` of a docker config, keyed by normalized registry host.
+/// A docker config: `auths` and helpers, keyed by normalized registry host.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DockerConfig {
     auths: BTreeMap<String, Credentials>,
+    creds_store: Option<String>,
+    cred_helpers: BTreeMap<String, String>,
+}
+
+/// How long a credential helper may take.
+const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Most bytes of a helper's answer that are read.
+const HELPER_OUTPUT_LIMIT: usize = 64 * 1024;
+
+/// A credential helper's answer to `get`.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HelperAnswer {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    secret: String,
 }
 
 /// `$DOCKER_CONFIG/config.json`, else `$HOME/.docker/config.json`.
@@ -143,16 +168,116 @@ impl DockerConfig {
             };
             auths.insert(normalize_host(&key), creds);
         }
-        Ok(DockerConfig { auths })
+        let helper_name = |what: &str, name: &str| {
+            let ok = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if ok {
+                Ok(name.to_string())
+            } else {
+                Err(format!("{what} {name:?} is not a credential helper name"))
+            }
+        };
+        let creds_store = match raw.creds_store.as_deref() {
+            None | Some("") => None,
+            Some(n) => Some(helper_name("credsStore", n)?),
+        };
+        let mut cred_helpers = BTreeMap::new();
+        for (host, name) in raw.cred_helpers {
+            let name = helper_name(&format!("credHelpers.{host}"), &name)?;
+            cred_helpers.insert(normalize_host(&host), name);
+        }
+        Ok(DockerConfig {
+            auths,
+            creds_store,
+            cred_helpers,
+        })
     }
 
-    /// Credentials for `registry` (`host[:port]` as in a reference), anonymous when none.
-    pub fn credentials_for(&self, registry: &str) -> Credentials {
-        self.auths
-            .get(&normalize_host(registry))
-            .cloned()
-            .unwrap_or_default()
+    /// Credentials for `registry` (`host[:port]` as in a reference), anonymous when none; a
+    /// configured helper that fails is an error, not a silent anonymous pull.
+    pub fn credentials_for(&self, registry: &str) -> Result<Credentials, AuthError> {
+        let host = normalize_host(registry);
+        let helper = self.cred_helpers.get(&host).or(self.creds_store.as_ref());
+        match helper {
+            Some(name) => run_helper(name, &host),
+            None => Ok(self.auths.get(&host).cloned().unwrap_or_default()),
+        }
     }
+}
+
+/// Runs `docker-credential-NAME get` for `host` (docker.io is asked as its v1 index URL, which
+/// is what `docker login` stored).
+fn run_helper(name: &str, host: &str) -> Result<Credentials, AuthError> {
+    use std::io::{Read as _, Write as _};
+    let program = format!("docker-credential-{name}");
+    let fail = |message: String| AuthError {
+        path: PathBuf::from(&program),
+        message,
+    };
+    let server = if host == "docker.io" {
+        "https://index.docker.io/v1/".to_string()
+    } else {
+        host.to_string()
+    };
+    let mut child = std::process::Command::new(&program)
+        .arg("get")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("running it for {host}: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(server.as_bytes())
+            .map_err(|e| fail(format!("writing to it: {e}")))?;
+    }
+    let deadline = std::time::Instant::now() + HELPER_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(fail(format!(
+                    "no answer for {host} within {HELPER_TIMEOUT:?}"
+                )));
+            }
+            Err(e) => return Err(fail(format!("waiting for it: {e}"))),
+        }
+    };
+    let read = |r: Option<&mut dyn std::io::Read>| {
+        let mut buf = Vec::new();
+        if let Some(r) = r {
+            let _ = r.take(HELPER_OUTPUT_LIMIT as u64).read_to_end(&mut buf);
+        }
+        String::from_utf8_lossy(&buf).trim().to_string()
+    };
+    let out = read(child.stdout.as_mut().map(|s| s as &mut dyn std::io::Read));
+    let err = read(child.stderr.as_mut().map(|s| s as &mut dyn std::io::Read));
+    if !status.success() {
+        // The helper protocol's answer for a server it holds nothing for.
+        if out.contains("credentials not found") || err.contains("credentials not found") {
+            return Ok(Credentials::Anonymous);
+        }
+        return Err(fail(format!(
+            "get {host}: {status}: {}",
+            if err.is_empty() { &out } else { &err }
+        )));
+    }
+    let answer: HelperAnswer = serde_json::from_str(&out)
+        .map_err(|e| fail(format!("get {host}: answer is not the helper JSON: {e}")))?;
+    if answer.username.is_empty() && answer.secret.is_empty() {
+        return Ok(Credentials::Anonymous);
+    }
+    Ok(Credentials::Basic {
+        username: answer.username,
+        password: answer.secret,
+    })
 }
 
 /// `https://index.docker.io/v1/` → `docker.io`; `http://reg:5000/x` → `reg:5000`.
@@ -184,28 +309,57 @@ mod tests {
                 "https://index.docker.io/v1/": {{"auth": "{b64}"}},
                 "localhost:5000": {{"username": "bob", "password": "pw"}},
                 "ghcr.io": {{"identitytoken": "opaque"}}
-              }},
-              "credsStore": "desktop"
+              }}
             }}"#
         ))
         .unwrap();
         assert_eq!(
-            cfg.credentials_for("docker.io"),
+            cfg.credentials_for("docker.io").unwrap(),
             Credentials::Basic {
                 username: "alice".into(),
                 password: "s3cr:et".into()
             }
         );
         assert_eq!(
-            cfg.credentials_for("localhost:5000"),
+            cfg.credentials_for("localhost:5000").unwrap(),
             Credentials::Basic {
                 username: "bob".into(),
                 password: "pw".into()
             }
         );
-        assert_eq!(cfg.credentials_for("ghcr.io"), Credentials::Anonymous);
-        assert_eq!(cfg.credentials_for("quay.io"), Credentials::Anonymous);
-        assert!(!format!("{:?}", cfg.credentials_for("localhost:5000")).contains("pw"));
+        assert_eq!(
+            cfg.credentials_for("ghcr.io").unwrap(),
+            Credentials::Anonymous
+        );
+        assert_eq!(
+            cfg.credentials_for("quay.io").unwrap(),
+            Credentials::Anonymous
+        );
+        assert!(!format!("{:?}", cfg.credentials_for("localhost:5000").unwrap()).contains("pw"));
+    }
+
+    #[test]
+    fn helpers_take_precedence_and_a_missing_one_is_an_error() {
+        let cfg = DockerConfig::parse(
+            r#"{"auths": {"reg.example": {"username": "u", "password": "p"}},
+                "credHelpers": {"https://Other.example/": "tugboat-no-such-helper"}}"#,
+        )
+        .unwrap();
+        // No helper for this host: auths answer.
+        assert!(matches!(
+            cfg.credentials_for("reg.example"),
+            Ok(Credentials::Basic { .. })
+        ));
+        let e = cfg.credentials_for("other.example").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("docker-credential-tugboat-no-such-helper"),
+            "{e}"
+        );
+        let store = DockerConfig::parse(r#"{"credsStore": "tugboat-no-such-store"}"#).unwrap();
+        assert!(store.credentials_for("any.example").is_err());
+        assert!(DockerConfig::parse(r#"{"credsStore": "../evil"}"#).is_err());
+        assert!(DockerConfig::parse(r#"{"credHelpers": {"h": "a b"}}"#).is_err());
     }
 
     #[test]

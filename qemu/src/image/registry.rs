@@ -165,7 +165,7 @@ impl ImageStore {
             sources.push(Source {
                 host: mirror.clone(),
                 oref,
-                auth: config.credentials_for(mirror).to_oci(),
+                auth: config.credentials_for(mirror)?.to_oci(),
             });
         }
         let origin = r.to_oci();
@@ -176,7 +176,7 @@ impl ImageStore {
         sources.push(Source {
             host: origin.resolve_registry().to_string(),
             oref: origin,
-            auth: config.credentials_for(&r.registry).to_oci(),
+            auth: config.credentials_for(&r.registry)?.to_oci(),
         });
         let client = client(&insecure)?;
         let mut last_err = None;
@@ -380,7 +380,7 @@ impl ImageStore {
             }
         }
         let config = load_config(&opts.docker_config)?;
-        let creds: Credentials = config.credentials_for(&r.registry);
+        let creds: Credentials = config.credentials_for(&r.registry)?;
         let auth = creds.to_oci();
         let oref = r.to_oci();
         let host = oref.resolve_registry().to_string();
