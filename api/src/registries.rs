@@ -98,9 +98,15 @@ pub fn parse(yaml: &str) -> Result<RegistryHosts, RegistriesError> {
     }
     let doc: Document = serde_yaml::from_str(yaml).map_err(|e| err("", e.to_string()))?;
     let mut hosts = RegistryHosts::default();
-    for (registry, entry) in &doc.mirrors {
-        let field = format!("mirrors[{registry}]");
-        check_host(registry).map_err(|m| err(&field, m))?;
+    for (key, entry) in &doc.mirrors {
+        let field = format!("mirrors[{key}]");
+        check_host(key).map_err(|m| err(&field, m))?;
+        // Keys match image references' registries, which are lower case with Docker Hub as
+        // `docker.io`.
+        let registry = normalize_registry(key);
+        if hosts.mirrors.contains_key(&registry) {
+            return Err(err(&field, format!("{registry} is configured twice")));
+        }
         if entry.endpoint.is_empty() {
             return Err(err(
                 format!("{field}.endpoint"),
@@ -125,7 +131,7 @@ pub fn parse(yaml: &str) -> Result<RegistryHosts, RegistriesError> {
                 list.push(host.to_string());
             }
         }
-        hosts.mirrors.insert(registry.clone(), list);
+        hosts.mirrors.insert(registry, list);
     }
     if doc.insecure.len() > MAX_ENTRIES {
         return Err(err(
@@ -165,6 +171,16 @@ pub fn validate(data: Option<&BTreeMap<String, String>>) -> Result<(), Registrie
         };
         err(field, e.message)
     })
+}
+
+fn normalize_registry(host: &str) -> String {
+    let host = host.to_ascii_lowercase();
+    match host.as_str() {
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
+            "docker.io".to_string()
+        }
+        _ => host,
+    }
 }
 
 fn split_scheme(endpoint: &str) -> Result<(&str, bool), String> {
@@ -256,6 +272,17 @@ mod tests {
             hosts.insecure.iter().cloned().collect::<Vec<_>>(),
             vec!["127.0.0.1:5001", "[::1]:5002"]
         );
+    }
+
+    #[test]
+    fn registry_keys_are_normalized_like_image_references() {
+        let hosts = parse("mirrors:\n  Index.Docker.io:\n    endpoint: [m]").expect("valid");
+        assert_eq!(hosts.mirrors["docker.io"], vec!["m"]);
+        let e = parse(
+            "mirrors:\n  docker.io:\n    endpoint: [a]\n  index.docker.io:\n    endpoint: [b]",
+        )
+        .expect_err("twice");
+        assert!(e.message.contains("twice"), "{e}");
     }
 
     #[test]

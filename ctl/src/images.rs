@@ -351,7 +351,14 @@ async fn load_into_nodes(
     };
     let progress = Progress::auto();
     let mut failed = Vec::new();
+    let client = kube::Client::try_from(config.clone())?;
     for node in &nodes {
+        // A refusal before the upload, not a reset halfway through gigabytes.
+        if let Err(e) = crate::shipctl::check_node(&client, node).await {
+            eprintln!("{node}: {e}");
+            failed.push(node.clone());
+            continue;
+        }
         let task = progress.task("uploading", node, None);
         match crate::shipctl::upload_images(&config, node, archive, task).await {
             Ok(images) => {

@@ -582,6 +582,37 @@ pub async fn upload_images(
         .unwrap_or_default())
 }
 
+/// Checks that Node `name` exists and that this user may upload images to it.
+pub async fn check_node(client: &kube::Client, name: &str) -> Result<(), ShipCtlError> {
+    let gvk = kube::core::GroupVersionKind::gvk("", "v1", "Node");
+    let resource = kube::core::ApiResource::from_gvk_with_plural(&gvk, "nodes");
+    let nodes: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    nodes.get(name).await?;
+    let review = json!({
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectAccessReview",
+        "spec": {"resourceAttributes": {
+            "verb": "create", "resource": "nodes", "subresource": "images", "name": name,
+        }},
+    });
+    let req = http::Request::post("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(review.to_string().into_bytes())
+        .map_err(|e| ShipCtlError::Client(e.to_string()))?;
+    let answer: Value = client.request(req).await?;
+    if answer.pointer("/status/allowed") == Some(&Value::Bool(true)) {
+        Ok(())
+    } else {
+        Err(ShipCtlError::Server {
+            code: 403,
+            reason: "Forbidden".into(),
+            message: format!(
+                "you may not upload images to node {name} (RBAC: create nodes/images)"
+            ),
+        })
+    }
+}
+
 /// Names of every Node of the cluster.
 pub async fn node_names(client: &kube::Client) -> Result<Vec<String>, ShipCtlError> {
     let gvk = kube::core::GroupVersionKind::gvk("", "v1", "Node");

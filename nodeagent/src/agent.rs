@@ -781,18 +781,27 @@ async fn reconcile_inner<R: Runtime>(
                     }
                 }
             }
-            // `tugboat pause` / `unpause`: the annotation says what the vCPUs should do.
-            if let Some(v) = vm.as_ref().filter(|v| v.state == VmState::Running) {
+            // `tugboat pause` / `unpause`: the annotation says what the vCPUs should do. The
+            // state is read again (a restart above changes it); a failure is logged and retried
+            // with the next reconcile, and the status below is written either way.
+            let now = ctx.runtime.status(&uid).await?;
+            if let Some(v) = now.as_ref().filter(|v| v.state == VmState::Running) {
                 let want_paused = obj
                     .annotations()
                     .get(PAUSE_ANNOTATION)
                     .is_some_and(|a| a == "true");
-                if want_paused && !v.is_paused() {
+                let result = if want_paused && !v.is_paused() {
                     tracing::info!(ship = %name, %namespace, "pausing VM on request");
-                    ctx.runtime.pause(&uid).await?;
+                    ctx.runtime.pause(&uid).await
                 } else if !want_paused && v.is_paused() {
                     tracing::info!(ship = %name, %namespace, "resuming VM on request");
-                    ctx.runtime.resume(&uid).await?;
+                    ctx.runtime.resume(&uid).await
+                } else {
+                    Ok(())
+                };
+                if let Err(e) = result {
+                    tracing::warn!(ship = %name, %namespace, error = %e, "pause/resume failed");
+                    requeue = Some(Duration::from_secs(5));
                 }
             }
         }
@@ -911,8 +920,7 @@ async fn report<R: Runtime>(
             .and_then(|v| v.reason.clone())
     });
     want.insert("reason".into(), json!(reason));
-    // Only the facts the guest gave (the stored status omits absent ones, so nulls here would
-    // never compare equal and every reconcile would write again); none once the VM is down.
+    // The facts the guest gave; none once the VM is down.
     let guest = vm
         .filter(|v| matches!(v.state, VmState::Running))
         .and_then(|v| v.guest.as_ref())
@@ -924,7 +932,8 @@ async fn report<R: Runtime>(
                 ("hostname", &g.hostname),
             ]
             .into_iter()
-            .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), json!(v))))
+            // Absent facts as null: a merge patch then removes one the guest stopped giving.
+            .map(|(k, v)| (k.to_string(), json!(v)))
             .collect();
             Value::Object(facts)
         });
@@ -974,7 +983,22 @@ fn is_empty_value(v: &Value) -> bool {
 fn same(current: Option<&Value>, want: &Value) -> bool {
     match current {
         None => is_empty_value(want),
-        Some(c) => c == want || (is_empty_value(c) && is_empty_value(want)),
+        Some(c) => {
+            c == want || (is_empty_value(c) && is_empty_value(want)) || c == &without_nulls(want)
+        }
+    }
+}
+
+/// `v` as stored after a merge patch: object members that are null are absent.
+fn without_nulls(v: &Value) -> Value {
+    match v {
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), without_nulls(v)))
+                .collect(),
+        ),
+        other => other.clone(),
     }
 }
 

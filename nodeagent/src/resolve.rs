@@ -80,8 +80,15 @@ pub async fn registry_hosts(client: &Client) -> Result<RegistryHosts, ResolveErr
         registries::NAMESPACE,
         &resource("ConfigMap", "configmaps"),
     );
-    let Some(cm) = maps.get_opt(registries::NAME).await? else {
-        return Ok(RegistryHosts::default());
+    let cm = match maps.get_opt(registries::NAME).await {
+        Ok(Some(cm)) => cm,
+        Ok(None) => return Ok(RegistryHosts::default()),
+        // An apiserver that does not let nodes read it (an older one during an upgrade) or a
+        // passing error must not stop every VM of the node: pull with the node's own settings.
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the cluster's registry settings; pulling without them");
+            return Ok(RegistryHosts::default());
+        }
     };
     let data: Option<BTreeMap<String, String>> = match cm.data.get("data") {
         None | Some(serde_json::Value::Null) => None,

@@ -13,7 +13,8 @@
 //!   one client and a second one would silently wait in its backlog.
 //! - `POST /images/load` streams an OCI image layout tar archive (`tugboat image save`) into
 //!   the runtime's image cache and answers `{"images": [...]}` with the references loaded; a
-//!   malformed archive is 400 and adds no image.
+//!   malformed archive is 400 and adds no image (every image is checked before any is named); a
+//!   node that cannot store it (disk full) is 503.
 //! - Unknown uid: 404; a runtime without consoles: 503; errors are Kubernetes `Status` JSON.
 //!
 //! TLS requires a client certificate signed by the cluster CA, and only the apiserver's proxy

@@ -27,7 +27,7 @@ use tugboat_nodeagent::{
 use crate::accel::{self, Accel, AccelChoice, AccelProbe};
 use crate::cloudinit::NoCloud;
 use crate::cmdline::{LaunchSpec, MachineType, Nic, VmPaths};
-use crate::image::{ImageStore, LocalImage, Progress, PullOptions};
+use crate::image::{ImageError, ImageStore, LocalImage, Progress, PullOptions};
 use crate::process;
 use crate::qmp::{self, Qmp, VmEvent};
 
@@ -435,7 +435,15 @@ impl QemuRuntime {
                             match ev {
                                 VmEvent::Shutdown { guest, reason } => last_shutdown = Some((guest, reason)),
                                 VmEvent::Panicked => panicked = true,
-                                VmEvent::Stop => self.set_state(&uid, &vm, Persisted::Running, Some(PAUSED_REASON.into())),
+                                // Only a real pause is one: a disk error (io-error) or the
+                                // stop before a shutdown keeps its own status as the reason,
+                                // so the agent never resumes into a failing disk.
+                                VmEvent::Stop => match client.status().await {
+                                    Ok(s) if s == "running" => {}
+                                    Ok(s) if s == "paused" => self.set_state(&uid, &vm, Persisted::Running, Some(PAUSED_REASON.into())),
+                                    Ok(s) => self.set_state(&uid, &vm, Persisted::Running, Some(s)),
+                                    Err(e) => tracing::debug!(%uid, error = %e, "query-status after STOP"),
+                                },
                                 VmEvent::Resume => self.set_state(&uid, &vm, Persisted::Running, None),
                                 VmEvent::Reset | VmEvent::Powerdown => {}
                             }
@@ -718,6 +726,12 @@ impl QemuRuntime {
         let marker = vm.paths.qmp.clone();
         if graceful && !grace.is_zero() {
             if let Some(q) = &live.qmp {
+                // Paused vCPUs cannot answer the ACPI button: run them for the shutdown.
+                if q.status().await.is_ok_and(|s| s != "running") {
+                    if let Err(e) = q.resume().await {
+                        tracing::debug!(%uid, error = %e, "cont before powerdown");
+                    }
+                }
                 if let Err(e) = q.powerdown().await {
                     tracing::debug!(%uid, error = %e, "system_powerdown");
                 }
@@ -937,13 +951,32 @@ impl Runtime for QemuRuntime {
     }
 
     async fn load_images(&self, archive: ArchiveReader) -> Result<Vec<String>, RuntimeError> {
+        const UPLOAD: &str = "upload";
         self.inner
             .images
-            .load_from(archive, Path::new("upload"), &Progress::silent())
+            .load_from(archive, Path::new(UPLOAD), &Progress::silent())
             .await
-            .map_err(|e| RuntimeError::Image {
-                image: "archive".into(),
-                message: e.to_string(),
+            .map_err(|e| match e {
+                // Reading the upload is the archive's trouble (not a tar, cut short) unless the
+                // disk filled while its bytes were copied.
+                ImageError::Io {
+                    ref path,
+                    ref source,
+                    ..
+                } if path == Path::new(UPLOAD) && source.raw_os_error() != Some(libc::ENOSPC) => {
+                    RuntimeError::Image {
+                        image: "archive".into(),
+                        message: e.to_string(),
+                    }
+                }
+                // The node's own trouble (disk full, I/O), not the archive's.
+                ImageError::Io { .. } | ImageError::Index { .. } | ImageError::Internal(_) => {
+                    RuntimeError::Unavailable(format!("loading images on this node: {e}"))
+                }
+                e => RuntimeError::Image {
+                    image: "archive".into(),
+                    message: e.to_string(),
+                },
             })
     }
 }

@@ -44,6 +44,8 @@ const PROXY_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most bytes of an agent's error body that are read.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
+/// Most bytes of an agent's answer to an image upload (the list of references loaded).
+const UPLOAD_ANSWER_LIMIT: usize = 1024 * 1024;
 
 /// Why an apiserver without the CA key cannot proxy.
 const NO_CA_KEY: &str = "this apiserver holds no cluster CA key, so it has no client certificate \
@@ -467,7 +469,7 @@ async fn load_images(
     if resp.status() != StatusCode::OK {
         return Err(agent_error(t, resp).await);
     }
-    let answer = http_body_util::Limited::new(resp.into_body(), ERROR_BODY_LIMIT)
+    let answer = http_body_util::Limited::new(resp.into_body(), UPLOAD_ANSWER_LIMIT)
         .collect()
         .await
         .map(|c| c.to_bytes())
@@ -502,7 +504,11 @@ async fn agent_error(t: &AgentTarget, resp: hyper::Response<hyper::body::Incomin
         .ok()
         .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string))
         .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
-    let message = format!("ship {} on node {}: {detail}", t.ship, t.node);
+    let message = if t.ship.is_empty() {
+        format!("node {}: {detail}", t.node)
+    } else {
+        format!("ship {} on node {}: {detail}", t.ship, t.node)
+    };
     match code {
         400 | 404 | 409 | 501 | 503 | 504 => ApiError::Agent { code, message },
         // The apiserver itself was refused (403) or the agent failed: the client cannot fix

@@ -197,20 +197,21 @@ impl DockerConfig {
 
     /// Credentials for `registry` (`host[:port]` as in a reference), anonymous when none; a
     /// configured helper that fails is an error, not a silent anonymous pull.
-    pub fn credentials_for(&self, registry: &str) -> Result<Credentials, AuthError> {
+    pub async fn credentials_for(&self, registry: &str) -> Result<Credentials, AuthError> {
         let host = normalize_host(registry);
         let helper = self.cred_helpers.get(&host).or(self.creds_store.as_ref());
         match helper {
-            Some(name) => run_helper(name, &host),
+            Some(name) => run_helper(name, &host).await,
             None => Ok(self.auths.get(&host).cloned().unwrap_or_default()),
         }
     }
 }
 
 /// Runs `docker-credential-NAME get` for `host` (docker.io is asked as its v1 index URL, which
-/// is what `docker login` stored).
-fn run_helper(name: &str, host: &str) -> Result<Credentials, AuthError> {
-    use std::io::{Read as _, Write as _};
+/// is what `docker login` stored). Output is drained while the helper runs, and the whole
+/// exchange is bounded by [`HELPER_TIMEOUT`]; a helper still running then is killed.
+async fn run_helper(name: &str, host: &str) -> Result<Credentials, AuthError> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let program = format!("docker-credential-{name}");
     let fail = |message: String| AuthError {
         path: PathBuf::from(&program),
@@ -221,44 +222,63 @@ fn run_helper(name: &str, host: &str) -> Result<Credentials, AuthError> {
     } else {
         host.to_string()
     };
-    let mut child = std::process::Command::new(&program)
+    let mut child = tokio::process::Command::new(&program)
         .arg("get")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
         .map_err(|e| fail(format!("running it for {host}: {e}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(server.as_bytes())
-            .map_err(|e| fail(format!("writing to it: {e}")))?;
-    }
-    let deadline = std::time::Instant::now() + HELPER_TIMEOUT;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(10))
+    let mut stdin = child.stdin.take();
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    let exchange = async {
+        if let Some(mut w) = stdin.take() {
+            // A helper that exits without reading its input says why on stderr; keep that.
+            match w.write_all(server.as_bytes()).await {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    return Err(fail(format!("writing to it: {e}")))
+                }
+                _ => {}
             }
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(fail(format!(
-                    "no answer for {host} within {HELPER_TIMEOUT:?}"
-                )));
+        }
+        let read = |r: Option<tokio::process::ChildStdout>| async move {
+            let mut buf = Vec::new();
+            if let Some(r) = r {
+                let _ = r
+                    .take(HELPER_OUTPUT_LIMIT as u64)
+                    .read_to_end(&mut buf)
+                    .await;
             }
-            Err(e) => return Err(fail(format!("waiting for it: {e}"))),
+            buf
+        };
+        let read_err = |r: Option<tokio::process::ChildStderr>| async move {
+            let mut buf = Vec::new();
+            if let Some(r) = r {
+                let _ = r
+                    .take(HELPER_OUTPUT_LIMIT as u64)
+                    .read_to_end(&mut buf)
+                    .await;
+            }
+            buf
+        };
+        let (out, err, status) =
+            tokio::join!(read(stdout.take()), read_err(stderr.take()), child.wait());
+        let status = status.map_err(|e| fail(format!("waiting for it: {e}")))?;
+        Ok((status, out, err))
+    };
+    let (status, out, err) = match tokio::time::timeout(HELPER_TIMEOUT, exchange).await {
+        Ok(r) => r?,
+        Err(_) => {
+            let _ = child.kill().await;
+            return Err(fail(format!(
+                "no answer for {host} within {HELPER_TIMEOUT:?}"
+            )));
         }
     };
-    let read = |r: Option<&mut dyn std::io::Read>| {
-        let mut buf = Vec::new();
-        if let Some(r) = r {
-            let _ = r.take(HELPER_OUTPUT_LIMIT as u64).read_to_end(&mut buf);
-        }
-        String::from_utf8_lossy(&buf).trim().to_string()
-    };
-    let out = read(child.stdout.as_mut().map(|s| s as &mut dyn std::io::Read));
-    let err = read(child.stderr.as_mut().map(|s| s as &mut dyn std::io::Read));
+    let out = String::from_utf8_lossy(&out).trim().to_string();
+    let err = String::from_utf8_lossy(&err).trim().to_string();
     if !status.success() {
         // The helper protocol's answer for a server it holds nothing for.
         if out.contains("credentials not found") || err.contains("credentials not found") {
@@ -273,6 +293,13 @@ fn run_helper(name: &str, host: &str) -> Result<Credentials, AuthError> {
         .map_err(|e| fail(format!("get {host}: answer is not the helper JSON: {e}")))?;
     if answer.username.is_empty() && answer.secret.is_empty() {
         return Ok(Credentials::Anonymous);
+    }
+    if answer.username == "<token>" {
+        // docker's marker for an identity (refresh) token, which needs an OAuth exchange.
+        return Err(fail(format!(
+            "get {host}: the helper holds an identity token, which Tugboat cannot use; \
+             log in with a user name and password or access token"
+        )));
     }
     Ok(Credentials::Basic {
         username: answer.username,
@@ -300,8 +327,8 @@ fn normalize_host(key: &str) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn auth_and_username_password_forms() {
+    #[tokio::test]
+    async fn auth_and_username_password_forms() {
         let b64 = base64::engine::general_purpose::STANDARD.encode("alice:s3cr:et");
         let cfg = DockerConfig::parse(&format!(
             r#"{{
@@ -314,32 +341,34 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(
-            cfg.credentials_for("docker.io").unwrap(),
+            cfg.credentials_for("docker.io").await.unwrap(),
             Credentials::Basic {
                 username: "alice".into(),
                 password: "s3cr:et".into()
             }
         );
         assert_eq!(
-            cfg.credentials_for("localhost:5000").unwrap(),
+            cfg.credentials_for("localhost:5000").await.unwrap(),
             Credentials::Basic {
                 username: "bob".into(),
                 password: "pw".into()
             }
         );
         assert_eq!(
-            cfg.credentials_for("ghcr.io").unwrap(),
+            cfg.credentials_for("ghcr.io").await.unwrap(),
             Credentials::Anonymous
         );
         assert_eq!(
-            cfg.credentials_for("quay.io").unwrap(),
+            cfg.credentials_for("quay.io").await.unwrap(),
             Credentials::Anonymous
         );
-        assert!(!format!("{:?}", cfg.credentials_for("localhost:5000").unwrap()).contains("pw"));
+        assert!(
+            !format!("{:?}", cfg.credentials_for("localhost:5000").await.unwrap()).contains("pw")
+        );
     }
 
-    #[test]
-    fn helpers_take_precedence_and_a_missing_one_is_an_error() {
+    #[tokio::test]
+    async fn helpers_take_precedence_and_a_missing_one_is_an_error() {
         let cfg = DockerConfig::parse(
             r#"{"auths": {"reg.example": {"username": "u", "password": "p"}},
                 "credHelpers": {"https://Other.example/": "tugboat-no-such-helper"}}"#,
@@ -347,17 +376,17 @@ mod tests {
         .unwrap();
         // No helper for this host: auths answer.
         assert!(matches!(
-            cfg.credentials_for("reg.example"),
+            cfg.credentials_for("reg.example").await,
             Ok(Credentials::Basic { .. })
         ));
-        let e = cfg.credentials_for("other.example").unwrap_err();
+        let e = cfg.credentials_for("other.example").await.unwrap_err();
         assert!(
             e.to_string()
                 .contains("docker-credential-tugboat-no-such-helper"),
             "{e}"
         );
         let store = DockerConfig::parse(r#"{"credsStore": "tugboat-no-such-store"}"#).unwrap();
-        assert!(store.credentials_for("any.example").is_err());
+        assert!(store.credentials_for("any.example").await.is_err());
         assert!(DockerConfig::parse(r#"{"credsStore": "../evil"}"#).is_err());
         assert!(DockerConfig::parse(r#"{"credHelpers": {"h": "a b"}}"#).is_err());
     }

@@ -27,6 +27,10 @@ pub struct ImageEntry {
     pub created: u64,
     /// When it was last pulled, built, loaded or started (unix seconds).
     pub last_used: u64,
+    /// Loaded from an archive: no registry may hold it (an air-gapped site's preloaded
+    /// images), so garbage collection keeps it until `tugboat image rm`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub local: bool,
 }
 
 /// The whole index.
@@ -88,6 +92,7 @@ impl IndexFile {
                 references: BTreeSet::new(),
                 created: now,
                 last_used: now,
+                local: false,
             });
         entry.last_used = now;
         if let Some(r) = reference.filter(|r| r.digest.is_none()) {

@@ -239,8 +239,9 @@ impl ImageStore {
         };
         let index: LayoutIndex =
             serde_json::from_slice(&index_bytes).map_err(|e| bad(format!("index.json: {e}")))?;
-        let mut loaded = Vec::new();
         let _pins = pins;
+        // Every image is checked before any is named, so a bad archive adds no image.
+        let mut checked = Vec::new();
         for entry in &index.manifests {
             if entry.media_type != MANIFEST_MEDIA_TYPE {
                 return Err(bad(format!(
@@ -275,6 +276,10 @@ impl ImageStore {
             }
             let config = self.read_blob(&manifest.config.digest, MAX_CONFIG_BYTES)?;
             ImageMetadata::parse(&config, &manifest, &shown)?;
+            checked.push((entry, name, shown, manifest));
+        }
+        let mut loaded = Vec::new();
+        for (entry, name, shown, manifest) in checked {
             for layer in &manifest.layers {
                 let Some(kind) = LayerKind::from_media_type(&layer.media_type) else {
                     continue;
@@ -282,7 +287,7 @@ impl ImageStore {
                 self.extract_layer(&layer.digest, kind, layer.title(), progress)
                     .await?;
             }
-            self.commit_image(&entry.digest, name.as_ref())?;
+            self.commit_image_from(&entry.digest, name.as_ref(), true)?;
             progress.message(&format!("loaded {shown} {}", entry.digest));
             loaded.push(shown);
         }

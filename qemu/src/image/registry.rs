@@ -128,6 +128,8 @@ struct Source {
     host: String,
     oref: oci_client::Reference,
     auth: RegistryAuth,
+    /// Whose credentials `auth` holds (looked up when the source is tried).
+    creds_for: String,
 }
 
 impl ImageStore {
@@ -165,7 +167,8 @@ impl ImageStore {
             sources.push(Source {
                 host: mirror.clone(),
                 oref,
-                auth: config.credentials_for(mirror)?.to_oci(),
+                auth: RegistryAuth::Anonymous,
+                creds_for: mirror.clone(),
             });
         }
         let origin = r.to_oci();
@@ -176,13 +179,22 @@ impl ImageStore {
         sources.push(Source {
             host: origin.resolve_registry().to_string(),
             oref: origin,
-            auth: config.credentials_for(&r.registry)?.to_oci(),
+            auth: RegistryAuth::Anonymous,
+            creds_for: r.registry.clone(),
         });
         let client = client(&insecure)?;
         let mut last_err = None;
         let count = sources.len();
-        for (i, source) in sources.into_iter().enumerate() {
-            match self.pull_from(&client, &source, &r, progress).await {
+        for (i, mut source) in sources.into_iter().enumerate() {
+            // A source whose credential helper fails is a failed source, not a failed pull.
+            let tried = match config.credentials_for(&source.creds_for).await {
+                Ok(creds) => {
+                    source.auth = creds.to_oci();
+                    self.pull_from(&client, &source, &r, progress).await
+                }
+                Err(e) => Err(e.into()),
+            };
+            match tried {
                 Ok(image) => return Ok(image),
                 Err(e) => {
                     if i + 1 < count {
@@ -380,7 +392,7 @@ impl ImageStore {
             }
         }
         let config = load_config(&opts.docker_config)?;
-        let creds: Credentials = config.credentials_for(&r.registry)?;
+        let creds: Credentials = config.credentials_for(&r.registry).await?;
         let auth = creds.to_oci();
         let oref = r.to_oci();
         let host = oref.resolve_registry().to_string();

@@ -392,6 +392,17 @@ impl ImageStore {
         manifest_digest: &str,
         reference: Option<&ImageRef>,
     ) -> Result<LocalImage> {
+        self.commit_image_from(manifest_digest, reference, false)
+    }
+
+    /// Like `commit_image`; `local` marks an image loaded from an archive, which garbage
+    /// collection keeps (see `ImageEntry::local`).
+    pub(super) fn commit_image_from(
+        &self,
+        manifest_digest: &str,
+        reference: Option<&ImageRef>,
+        local: bool,
+    ) -> Result<LocalImage> {
         // Check completeness before naming it, so a name never points at half an image.
         let shown = reference
             .map(|r| r.to_string())
@@ -404,6 +415,11 @@ impl ImageStore {
                 })?;
         self.update_index(|idx| {
             idx.record(manifest_digest, reference);
+            if local {
+                if let Some(e) = idx.images.get_mut(manifest_digest) {
+                    e.local = true;
+                }
+            }
             Ok((true, ()))
         })?;
         Ok(image)
@@ -591,6 +607,7 @@ impl ImageStore {
                 .iter()
                 .filter(|(d, e)| {
                     !keep.contains(*d)
+                        && !e.local
                         && now.saturating_sub(e.last_used) >= unused_for.as_secs()
                         && !self.is_pinned(d)
                 })

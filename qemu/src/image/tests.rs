@@ -262,6 +262,13 @@ async fn save_then_load_round_trips_without_network() {
     // Loading again is idempotent.
     b.load(&tar, &Progress::silent()).await.unwrap();
     assert_eq!(b.list().unwrap().len(), 1);
+    // Loaded images cannot be pulled again: age-based GC keeps them, `rm` still removes them.
+    let report = b.gc(&HashSet::new(), Duration::ZERO).unwrap();
+    assert!(report.images_removed.is_empty(), "{report:?}");
+    assert!(b.get("localhost:5000/test/img:v1").unwrap().is_some());
+    b.remove("localhost:5000/test/img:v1").unwrap();
+    b.remove("example.org/other:2").unwrap();
+    assert!(b.list().unwrap().is_empty());
 }
 
 #[tokio::test]
