@@ -483,7 +483,12 @@ impl QemuRuntime {
             *live = None;
             requested
         };
-        *lock(&vm.guest) = (None, Vec::new());
+        let had_guest = {
+            let mut g = lock(&vm.guest);
+            let had = g.0.is_some() || !g.1.is_empty();
+            *g = (None, Vec::new());
+            had
+        };
         let (state, reason) = if stop_requested {
             (Persisted::Stopped, Some("stopped".to_string()))
         } else if panicked {
@@ -500,6 +505,11 @@ impl QemuRuntime {
             lock(&vm.record).desired_running = false;
         }
         self.set_state(&uid, &vm, state, reason);
+        if had_guest {
+            // `stop` may have recorded this state already (so set_state said nothing): the
+            // agent still has to hear that the guest's addresses are gone.
+            self.emit(&uid, Some(state.into()));
+        }
     }
 
     fn image_for(&self, reference: &str) -> Result<LocalImage, RuntimeError> {
@@ -888,7 +898,13 @@ impl Runtime for QemuRuntime {
             return Ok(None);
         };
         let r = lock(&vm.record).clone();
-        let (guest, ips) = lock(&vm.guest).clone();
+        // Guest facts belong to a running guest: `stop` can report Stopped before the monitor
+        // of the exited QEMU has cleared them.
+        let (guest, ips) = if r.state == Persisted::Running {
+            lock(&vm.guest).clone()
+        } else {
+            (None, Vec::new())
+        };
         Ok(Some(VmStatus {
             state: r.state.into(),
             started_at: if r.state == Persisted::Running {
