@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of the workspace: format, lints, build, unit and integration tests.
-# Installs the tools the tests drive (Debian's etcd-server and etcd-client, kubectl, openssl, iproute2 for
-# the network-namespace tests) when they are missing. The namespace tests need root.
+# Installs the tools the tests drive when they are missing (Debian's etcd-server and etcd-client,
+# kubectl, openssl, iproute2 for the network-namespace tests, and QEMU, docker-registry, skopeo and the
+# rest of the real-VM tests' tools listed below). The namespace tests need root.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -338,8 +338,8 @@ async fn load_into_nodes(
     kubeconfig: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let config = crate::shipctl::kube_config(kubeconfig).await?;
+    let client = kube::Client::try_from(config.clone())?;
     let nodes = if nodes.is_empty() {
-        let client = kube::Client::try_from(config.clone())?;
         let mut all = crate::shipctl::node_names(&client).await?;
         all.sort();
         if all.is_empty() {
@@ -351,7 +351,6 @@ async fn load_into_nodes(
     };
     let progress = Progress::auto();
     let mut failed = Vec::new();
-    let client = kube::Client::try_from(config.clone())?;
     for node in &nodes {
         // A refusal before the upload, not a reset halfway through gigabytes.
         if let Err(e) = crate::shipctl::check_node(&client, node).await {

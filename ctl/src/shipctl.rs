@@ -25,7 +25,9 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tugboat_api::http::proxy::{CONSOLE_PROTOCOL, ESCAPE_BYTE};
-use tugboat_nodeagent::agent::{ship_resource, PAUSE_ANNOTATION, RESTART_ANNOTATION};
+use tugboat_nodeagent::agent::{
+    node_resource, ship_resource, PAUSE_ANNOTATION, RESTART_ANNOTATION,
+};
 
 /// How long connecting to the apiserver may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -584,9 +586,7 @@ pub async fn upload_images(
 
 /// Checks that Node `name` exists and that this user may upload images to it.
 pub async fn check_node(client: &kube::Client, name: &str) -> Result<(), ShipCtlError> {
-    let gvk = kube::core::GroupVersionKind::gvk("", "v1", "Node");
-    let resource = kube::core::ApiResource::from_gvk_with_plural(&gvk, "nodes");
-    let nodes: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    let nodes: Api<DynamicObject> = Api::all_with(client.clone(), &node_resource());
     nodes.get(name).await?;
     let review = json!({
         "apiVersion": "authorization.k8s.io/v1",
@@ -615,9 +615,7 @@ pub async fn check_node(client: &kube::Client, name: &str) -> Result<(), ShipCtl
 
 /// Names of every Node of the cluster.
 pub async fn node_names(client: &kube::Client) -> Result<Vec<String>, ShipCtlError> {
-    let gvk = kube::core::GroupVersionKind::gvk("", "v1", "Node");
-    let resource = kube::core::ApiResource::from_gvk_with_plural(&gvk, "nodes");
-    let nodes: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    let nodes: Api<DynamicObject> = Api::all_with(client.clone(), &node_resource());
     let list = nodes.list(&Default::default()).await?;
     Ok(list
         .items

@@ -17,8 +17,7 @@ use tokio::task::JoinHandle;
 use tugboat_api::kinds::core::ShipSpec;
 
 use crate::resolve::{registry_hosts, resolve_vm_spec, ResolveError};
-use crate::runtime::RegistryHosts;
-use crate::runtime::{Runtime, RuntimeError, VmSpec, VmState, VmStatus};
+use crate::runtime::{RegistryHosts, Runtime, RuntimeError, VmSpec, VmState, VmStatus};
 
 /// Finalizer the agent puts on every Ship bound to its node.
 pub const FINALIZER: &str = "tugboat.io/agent";
@@ -846,58 +845,41 @@ async fn report<R: Runtime>(
     let phase = phase_for(strategy, vm.map(|v| v.state));
     want.insert("phase".into(), json!(phase));
     let current = obj.data.get("status");
-    // A `Ready` condition (what ReplicaSets count, with minReadySeconds, as available): true
-    // while Running. Its transition time moves only when its status does; other components'
-    // conditions are kept.
-    let ready = if phase == "Running" { "True" } else { "False" };
-    let conditions: Vec<Value> = current
+    // Conditions this agent owns, each replaced only when its status changes (so its
+    // transition time moves only then); other components' conditions are kept.
+    let mut conditions: Vec<Value> = current
         .and_then(|c| c.get("conditions"))
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let unchanged = conditions
-        .iter()
-        .any(|c| c.get("type") == Some(&json!("Ready")) && c.get("status") == Some(&json!(ready)));
-    if !unchanged {
-        let mut next: Vec<Value> = conditions
-            .into_iter()
-            .filter(|c| c.get("type") != Some(&json!("Ready")))
-            .collect();
-        next.push(json!({
+    let mut conditions_changed = false;
+    // `Ready` (what ReplicaSets count, with minReadySeconds, as available): true while Running.
+    let ready = if phase == "Running" { "True" } else { "False" };
+    conditions_changed |= set_condition(
+        &mut conditions,
+        "Ready",
+        Some(json!({
             "type": "Ready",
             "status": ready,
             "reason": if ready == "True" { "VmRunning" } else { "VmNotRunning" },
-            "lastTransitionTime": now_time(),
-        }));
-        want.insert("conditions".into(), json!(next));
-    }
-    // A `Paused` condition while the vCPUs are paused (as KubeVirt reports it); none otherwise.
+        })),
+    );
+    // `Paused` while the vCPUs are paused (as KubeVirt reports it); none otherwise.
     let paused = vm.is_some_and(VmStatus::is_paused);
-    let has_paused = current
-        .and_then(|c| c.get("conditions"))
-        .and_then(Value::as_array)
-        .is_some_and(|cs| cs.iter().any(|c| c.get("type") == Some(&json!("Paused"))));
-    if paused != has_paused {
-        let base = want
-            .get("conditions")
-            .cloned()
-            .or_else(|| current.and_then(|c| c.get("conditions")).cloned())
-            .and_then(|v| v.as_array().cloned())
-            .unwrap_or_default();
-        let mut next: Vec<Value> = base
-            .into_iter()
-            .filter(|c| c.get("type") != Some(&json!("Paused")))
-            .collect();
-        if paused {
-            next.push(json!({
+    conditions_changed |= set_condition(
+        &mut conditions,
+        "Paused",
+        paused.then(|| {
+            json!({
                 "type": "Paused",
                 "status": "True",
                 "reason": "PausedByUser",
                 "message": format!("vCPUs paused ({PAUSE_ANNOTATION}=true)"),
-                "lastTransitionTime": now_time(),
-            }));
-        }
-        want.insert("conditions".into(), json!(next));
+            })
+        }),
+    );
+    if conditions_changed {
+        want.insert("conditions".into(), json!(conditions));
     }
     if phase == "Running" {
         // What another component said about a Ship that was not running (e.g. NodeLost) no
@@ -970,6 +952,36 @@ async fn report<R: Runtime>(
     Ok(())
 }
 
+/// Makes condition `kind` of `conditions` be `want` (`None`: absent), keeping the present one
+/// when its status is the same; a new one gets the current transition time. Whether it changed.
+fn set_condition(conditions: &mut Vec<Value>, kind: &str, want: Option<Value>) -> bool {
+    let present = conditions
+        .iter()
+        .position(|c| c.get("type") == Some(&json!(kind)));
+    let unchanged = match (present, &want) {
+        (Some(i), Some(w)) => conditions[i].get("status") == w.get("status"),
+        _ => false,
+    };
+    match (present, want) {
+        _ if unchanged => false,
+        (None, None) => false,
+        (Some(i), None) => {
+            conditions.remove(i);
+            true
+        }
+        (present, Some(mut w)) => {
+            if let Some(i) = present {
+                conditions.remove(i);
+            }
+            if let Some(o) = w.as_object_mut() {
+                o.insert("lastTransitionTime".into(), json!(now_time()));
+            }
+            conditions.push(w);
+            true
+        }
+    }
+}
+
 fn is_empty_value(v: &Value) -> bool {
     match v {
         Value::Null => true,
@@ -1002,8 +1014,9 @@ fn without_nulls(v: &Value) -> Value {
     }
 }
 
-/// The VmSpec for a Ship and the registry settings to pull its image with, or `None` after reporting why it cannot be built (a missing
-/// ShipClass or Secret, an invalid quantity): the Ship stays Pending with that reason.
+/// The VmSpec for a Ship and the registry settings to pull its image with, or `None` after
+/// reporting why it cannot be built (a missing ShipClass or Secret, an invalid quantity): the
+/// Ship stays Pending with that reason.
 async fn resolve_or_report<R: Runtime>(
     obj: &DynamicObject,
     ctx: &Ctx<R>,
@@ -1021,17 +1034,7 @@ async fn resolve_or_report<R: Runtime>(
         Err(ResolveError::Kube(e)) => Err(e.into()),
         Err(e) => {
             tracing::warn!(ship = %obj.name_any(), error = %e, "cannot build the VM");
-            let patch = json!({"status": {
-                "phase": phase_for(strategy, None),
-                "reason": e.reason(),
-                "message": e.to_string(),
-            }});
-            api.patch_status(
-                &obj.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await?;
+            report_cannot_run(obj, api, strategy, e.reason(), &e.to_string()).await?;
             Ok(None)
         }
     }
@@ -1059,22 +1062,33 @@ async fn boot<R: Runtime>(
     let Err((reason, e)) = result else {
         return Ok(());
     };
-    let patch = json!({"status": {
-        "phase": phase_for(strategy, None),
-        "reason": reason,
-        "message": e.to_string(),
-    }});
-    if let Err(pe) = api
-        .patch_status(
-            &obj.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
+    if let Err(pe) = report_cannot_run(obj, api, strategy, reason, &e.to_string()).await {
         tracing::warn!(ship = %obj.name_any(), error = %pe, "reporting a failed start");
     }
     Err(e.into())
+}
+
+/// Writes why the Ship's VM cannot run (`reason`, `message`) with the phase of a VM that is
+/// not there.
+async fn report_cannot_run(
+    obj: &DynamicObject,
+    api: &Api<DynamicObject>,
+    strategy: &str,
+    reason: &str,
+    message: &str,
+) -> Result<(), kube::Error> {
+    let patch = json!({"status": {
+        "phase": phase_for(strategy, None),
+        "reason": reason,
+        "message": message,
+    }});
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map(|_| ())
 }
 
 /// Deletion: stop and delete the VM, then drop the finalizer once the runtime no longer has it.
@@ -1126,6 +1140,36 @@ async fn finalize<R: Runtime>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conditions_change_only_with_their_status_and_others_are_kept() {
+        let mut cs = vec![
+            json!({"type": "Scheduled", "status": "True"}),
+            json!({"type": "Ready", "status": "True", "lastTransitionTime": "t0"}),
+        ];
+        let ready = |s: &str| Some(json!({"type": "Ready", "status": s}));
+        assert!(!set_condition(&mut cs, "Ready", ready("True")));
+        assert_eq!(
+            cs[1]["lastTransitionTime"], "t0",
+            "same status keeps its time"
+        );
+        assert!(set_condition(&mut cs, "Ready", ready("False")));
+        let r = cs.iter().find(|c| c["type"] == "Ready").unwrap();
+        assert_eq!(r["status"], "False");
+        assert_ne!(r["lastTransitionTime"], "t0");
+        assert!(!set_condition(&mut cs, "Paused", None));
+        assert!(set_condition(
+            &mut cs,
+            "Paused",
+            Some(json!({"type": "Paused", "status": "True"}))
+        ));
+        assert!(set_condition(&mut cs, "Paused", None));
+        assert!(cs.iter().all(|c| c["type"] != "Paused"));
+        assert_eq!(
+            cs[0]["type"], "Scheduled",
+            "another component's condition stays"
+        );
+    }
 
     #[test]
     fn decisions() {

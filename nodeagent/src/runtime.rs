@@ -268,22 +268,12 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Pauses a running VM's vCPUs (memory and devices stay; `resume` continues it).
     fn pause(&self, uid: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send {
-        let uid = uid.to_string();
-        async move {
-            Err(RuntimeError::Unavailable(format!(
-                "VM {uid}: this runtime cannot pause VMs"
-            )))
-        }
+        std::future::ready(Err(cannot_pause(uid)))
     }
 
     /// Resumes a paused VM.
     fn resume(&self, uid: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send {
-        let uid = uid.to_string();
-        async move {
-            Err(RuntimeError::Unavailable(format!(
-                "VM {uid}: this runtime cannot pause VMs"
-            )))
-        }
+        std::future::ready(Err(cannot_pause(uid)))
     }
 
     /// Loads the images of an OCI image layout tar archive (`tugboat image save`), read front
@@ -299,6 +289,10 @@ pub trait Runtime: Send + Sync + 'static {
             ))
         }
     }
+}
+
+fn cannot_pause(uid: &str) -> RuntimeError {
+    RuntimeError::Unavailable(format!("VM {uid}: this runtime cannot pause VMs"))
 }
 
 /// An image archive being uploaded: a blocking reader, to be read on a blocking thread.

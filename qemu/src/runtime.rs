@@ -621,6 +621,19 @@ impl QemuRuntime {
             uid: uid.clone(),
             message,
         };
+        // Checked before anything is written for a VM that cannot start here.
+        let machine = MachineType::parse(spec.machine.as_deref().unwrap_or(""))
+            .map_err(|e| start_err(e.to_string()))?;
+        if machine == MachineType::Microvm && self.inner.accel.accel == Accel::Tcg {
+            // microvm has no HPET or ACPI PM timer and, without KVM, no kvm-clock: a Linux guest
+            // can only calibrate its clock against the PIT, which under TCG fails in about one
+            // boot in three and leaves the guest hung. Refused rather than flaky.
+            return Err(start_err(
+                "machine type microvm needs KVM, and this node runs guests with TCG (see the \
+                 Node's KVMAvailable condition): use q35 here"
+                    .into(),
+            ));
+        }
         let image = self.image_for(&spec.image)?;
         let overlay = vm.dir.join("root.qcow2");
         self.create_overlay(&uid, &image, &overlay).await?;
@@ -645,18 +658,6 @@ impl QemuRuntime {
             }
             None => None,
         };
-        let machine = MachineType::parse(spec.machine.as_deref().unwrap_or(""))
-            .map_err(|e| start_err(e.to_string()))?;
-        if machine == MachineType::Microvm && self.inner.accel.accel == Accel::Tcg {
-            // microvm has no HPET or ACPI PM timer and, without KVM, no kvm-clock: a Linux guest
-            // can only calibrate its clock against the PIT, which under TCG fails in about one
-            // boot in three and leaves the guest hung. Refused rather than flaky.
-            return Err(start_err(
-                "machine type microvm needs KVM, and this node runs guests with TCG (see the \
-                 Node's KVMAvailable condition): use q35 here"
-                    .into(),
-            ));
-        }
         let launch = LaunchSpec {
             name: format!("{}/{}", spec.namespace, spec.name),
             uid: uid.clone(),

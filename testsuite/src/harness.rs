@@ -233,6 +233,26 @@ pub fn tugboatd_bin() -> Result<PathBuf> {
     }
 }
 
+/// Polls `f` every 250 ms until it returns `Ok`; panics with the last state after `deadline`.
+#[track_caller]
+pub fn wait_until<T>(
+    what: &str,
+    deadline: Duration,
+    mut f: impl FnMut() -> std::result::Result<T, String>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        let last = match f() {
+            Ok(v) => return v,
+            Err(e) => e,
+        };
+        if start.elapsed() > deadline {
+            panic!("{what}: not reached within {deadline:?}; last: {last}");
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+}
+
 /// The `tugboat` CLI next to `tugboatd`.
 pub fn tugboat_cli_bin() -> Result<PathBuf> {
     let daemon = tugboatd_bin()?;

@@ -9,6 +9,7 @@ pub mod netns;
 pub mod procstat;
 pub mod session;
 pub mod vmassets;
+pub mod vmtest;
 
 pub use harness::*;
 pub mod linearizability;

@@ -72,10 +72,9 @@ pub fn cloud_kernel() -> Result<PathBuf> {
         })
         .collect();
     found.sort();
-    found.pop().ok_or_else(|| AssetError::Missing {
-        what: "/boot/vmlinuz-*-cloud-amd64".into(),
-        hint: "apt-get install -y linux-image-cloud-amd64 (scripts/test.sh does)".into(),
-    })
+    found
+        .pop()
+        .ok_or_else(|| kernel_file_missing("/boot/vmlinuz-*-cloud-amd64".into()))
 }
 
 /// The release of [`cloud_kernel`] (`6.1.0-…-cloud-amd64`): what `uname -r` says in the guest.
@@ -87,6 +86,14 @@ pub fn cloud_kernel_release() -> Result<String> {
         .and_then(|n| n.strip_prefix("vmlinuz-"))
         .map(str::to_string)
         .ok_or_else(|| AssetError::Setup(format!("kernel name {}", kernel.display())))
+}
+
+/// A file of Debian's cloud kernel package is missing.
+fn kernel_file_missing(what: String) -> AssetError {
+    AssetError::Missing {
+        what,
+        hint: "apt-get install -y linux-image-cloud-amd64 (scripts/test.sh does)".into(),
+    }
 }
 
 /// A statically linked busybox (Debian package `busybox-static`).
@@ -115,7 +122,7 @@ const INIT: &str = r#"#!/bin/busybox sh
 echo "TUGBOAT-GUEST-MARKER up $(cut -d' ' -f1 /proc/uptime) cmdline: $(cat /proc/cmdline)"
 # The pvpanic driver (modules in Debian's cloud kernel) tells QEMU when the kernel panics.
 insmod /lib/pvpanic.ko 2>/dev/null
-insmod /lib/pvpanic-mmio.ko 2>/dev/null
+insmod /lib/pvpanic_mmio.ko 2>/dev/null
 if grep -q tugboat_test=panic /proc/cmdline; then
   sleep 3
   echo "TUGBOAT-GUEST panicking"
@@ -163,48 +170,25 @@ fn cpio_entry(out: &mut Vec<u8>, ino: u32, name: &str, mode: u32, data: &[u8]) {
     }
 }
 
-/// The cloud kernel's pvpanic modules (`pvpanic.ko`, `pvpanic-mmio.ko`), which the package
-/// installs under `/lib/modules/<release>/`.
-fn pvpanic_modules() -> Result<Vec<(&'static str, Vec<u8>)>> {
-    let release = cloud_kernel_release()?;
-    let dir = PathBuf::from(format!(
-        "/lib/modules/{release}/kernel/drivers/misc/pvpanic"
-    ));
-    ["pvpanic.ko", "pvpanic-mmio.ko"]
-        .into_iter()
-        .map(|m| {
-            std::fs::read(dir.join(m))
-                .map(|b| (m, b))
-                .map_err(|e| AssetError::Missing {
-                    what: format!("{} ({e})", dir.join(m).display()),
-                    hint: "apt-get install -y linux-image-cloud-amd64 (scripts/test.sh does)"
-                        .into(),
-                })
-        })
-        .collect()
-}
-
-/// A newc cpio initramfs with busybox and the test `/init`.
+/// A newc cpio initramfs with busybox, the cloud kernel's pvpanic modules and the test
+/// `/init`.
 pub fn initramfs() -> Result<Vec<u8>> {
     let busybox = std::fs::read(static_busybox()?).map_err(setup("reading busybox"))?;
-    let mut out = Vec::with_capacity(busybox.len() + 4096);
-    let mut ino = 1;
+    let mut cpio = Cpio::new();
     for dir in ["bin", "dev", "proc", "sys", "tmp"] {
-        cpio_entry(&mut out, ino, dir, 0o040_755, &[]);
-        ino += 1;
+        cpio.dir(dir);
     }
-    cpio_entry(&mut out, ino, "init", 0o100_755, INIT.as_bytes());
-    cpio_entry(&mut out, ino + 1, "bin/busybox", 0o100_755, &busybox);
-    ino += 2;
-    cpio_entry(&mut out, ino, "lib", 0o040_755, &[]);
-    ino += 1;
-    for (name, module) in pvpanic_modules()? {
-        cpio_entry(&mut out, ino, &format!("lib/{name}"), 0o100_644, &module);
-        ino += 1;
+    cpio.file("init", 0o755, INIT.as_bytes());
+    cpio.file("bin/busybox", 0o755, &busybox);
+    for (name, module) in modules_with_deps(PANIC_MODULES)? {
+        cpio.file(&format!("lib/{name}"), 0o644, &module);
     }
-    cpio_entry(&mut out, ino, "TRAILER!!!", 0, &[]);
-    Ok(out)
+    Ok(cpio.finish())
 }
+
+/// The pvpanic drivers (ISA/ACPI and PCI flavours share the `pvpanic` core), as named in
+/// `modules.dep`.
+const PANIC_MODULES: &[&str] = &["pvpanic_mmio"];
 
 /// The guest-agent guest's `/init`. `@HOSTNAME@` and `@INSMOD@` (the module loads, in
 /// dependency order) are filled in by [`guest_agent_initramfs`].
@@ -379,10 +363,7 @@ fn shared_libraries(bin: &Path) -> Result<Vec<PathBuf>> {
 fn read_module(path: &Path) -> Result<Vec<u8>> {
     let name = path.to_string_lossy();
     let tool = if name.ends_with(".ko") {
-        return std::fs::read(path).map_err(|e| AssetError::Missing {
-            what: format!("{name} ({e})"),
-            hint: "apt-get install -y linux-image-cloud-amd64 (scripts/test.sh does)".into(),
-        });
+        return std::fs::read(path).map_err(|e| kernel_file_missing(format!("{name} ({e})")));
     } else if name.ends_with(".ko.xz") {
         ("xz", "xz-utils")
     } else if name.ends_with(".ko.zst") {
@@ -423,10 +404,8 @@ fn modules_with_deps(wanted: &[&str]) -> Result<Vec<(String, Vec<u8>)>> {
     let release = cloud_kernel_release()?;
     let base = PathBuf::from(format!("/lib/modules/{release}"));
     let dep_file = base.join("modules.dep");
-    let text = std::fs::read_to_string(&dep_file).map_err(|e| AssetError::Missing {
-        what: format!("{} ({e})", dep_file.display()),
-        hint: "apt-get install -y linux-image-cloud-amd64 (scripts/test.sh does)".into(),
-    })?;
+    let text = std::fs::read_to_string(&dep_file)
+        .map_err(|e| kernel_file_missing(format!("{} ({e})", dep_file.display())))?;
     // module name → (path, dependency paths)
     let mut deps: std::collections::HashMap<String, (String, Vec<String>)> = Default::default();
     for line in text.lines() {

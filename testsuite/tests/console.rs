@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tugboat_testsuite::harness::{tugboat_cli_bin, CmdOutput};
+use tugboat_testsuite::harness::{tugboat_cli_bin, wait_until, CmdOutput};
 use tugboat_testsuite::kube::{wait_api_ready, Kubectl};
 use tugboat_testsuite::{TugboatNode, TugboatOptions};
 
@@ -49,22 +49,6 @@ spec:
   nodeSelector:
     no-such-label: anywhere
 ";
-
-/// Polls `f` every 250 ms until it returns `Ok`; panics with the last state after `deadline`.
-#[track_caller]
-fn wait_until<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let start = Instant::now();
-    loop {
-        let last = match f() {
-            Ok(v) => return v,
-            Err(e) => e,
-        };
-        if start.elapsed() > deadline {
-            panic!("{what}: not reached within {deadline:?}; last: {last}");
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
 
 /// Files a child's stdout and stderr go to (read while it runs, no pipe to fill up).
 struct Outputs {

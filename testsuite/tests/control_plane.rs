@@ -14,10 +14,10 @@
 //!   work continues.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
-use tugboat_testsuite::harness::JoinSpec;
+use tugboat_testsuite::harness::{wait_until, JoinSpec};
 use tugboat_testsuite::kube::{wait_api_ready, Kubectl};
 use tugboat_testsuite::{TugboatNode, TugboatOptions};
 
@@ -99,22 +99,6 @@ impl Cluster {
             .iter()
             .position(|n| n == name)
             .unwrap_or_else(|| panic!("no member {name}"))
-    }
-}
-
-/// Polls `f` every 250 ms until it returns `Ok`; panics with the last state after `deadline`.
-#[track_caller]
-fn wait_until<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let start = Instant::now();
-    loop {
-        let last = match f() {
-            Ok(v) => return v,
-            Err(e) => e,
-        };
-        if start.elapsed() > deadline {
-            panic!("{what}: not reached within {deadline:?}; last: {last}");
-        }
-        std::thread::sleep(Duration::from_millis(250));
     }
 }
 

@@ -9,20 +9,19 @@
 //! distinctive `/etc/os-release`, the hostname its `/init` set, the kernel release of the
 //! kernel it booted, and the address its DHCP client configured (as its console says).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use tugboat_testsuite::harness::tugboat_cli_bin;
+use tugboat_testsuite::harness::wait_until;
 use tugboat_testsuite::kube::{wait_api_ready, Kubectl};
 use tugboat_testsuite::vmassets::{
     self, Registry, MARKER, QGA_DHCP_PREFIX, QGA_HOSTNAME, QGA_OS_NAME, QGA_OS_VERSION, QGA_STARTED,
 };
-use tugboat_testsuite::{TugboatNode, TugboatOptions};
+use tugboat_testsuite::vmtest::{
+    build_image, field, logs, node_opts, push_image, ship, tugboat, wait_phase, VmCleanup,
+    DEADLINE, SHIP_CLASS,
+};
+use tugboat_testsuite::TugboatNode;
 
-/// Boot under TCG, image pull and the first Running.
-const DEADLINE: Duration = Duration::from_secs(120);
 /// From qemu-ga running in the guest to the status carrying its answers: the runtime polls
 /// every 10 s and a poll may land while the guest is still booting.
 const STATUS_DEADLINE: Duration = Duration::from_secs(90);
@@ -30,102 +29,6 @@ const STATUS_DEADLINE: Duration = Duration::from_secs(90);
 /// Where the guest OS facts live in a Ship's status: the name `ShipStatus::guest_os_info`
 /// serializes to (the apiserver keeps no status field its type does not know).
 const GUEST_OS_INFO: &str = "guestOSInfo";
-
-const SHIP_CLASS: &str = "apiVersion: v1\nkind: ShipClass\nmetadata:\n  name: tiny\nspec:\n  cpu:\n    cores: 1\n    maxCores: 2\n  memory:\n    size: 192Mi\n    maxSize: 512Mi\n";
-
-#[track_caller]
-fn wait_until<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let start = Instant::now();
-    loop {
-        let last = match f() {
-            Ok(v) => return v,
-            Err(e) => e,
-        };
-        if start.elapsed() > deadline {
-            panic!("{what}: not reached within {deadline:?}; last: {last}");
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-/// Runs the `tugboat` CLI; panics with its output unless it succeeds.
-#[track_caller]
-fn tugboat(args: &[&str]) -> String {
-    let bin = tugboat_cli_bin().unwrap_or_else(|e| panic!("{e}"));
-    let out = Command::new(&bin)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running tugboat {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "tugboat {args:?} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn node_opts(name: &str, extra: &[&str]) -> TugboatOptions {
-    let mut args: Vec<String> = [
-        "--runtime",
-        "qemu",
-        "--node-heartbeat-interval",
-        "2",
-        "--node-monitor-grace-period",
-        "20",
-        "--node-cpu",
-        "16",
-        "--node-memory",
-        "64Gi",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    TugboatOptions {
-        name: name.into(),
-        api: true,
-        controllers: true,
-        extra_args: args,
-        ..TugboatOptions::default()
-    }
-}
-
-fn ship(k: &Kubectl, name: &str) -> Value {
-    k.json(&["get", "ship", name, "-o", "json"])
-        .unwrap_or_else(|e| panic!("get ship {name}: {e}"))
-}
-
-fn field<'a>(v: &'a Value, path: &str) -> &'a Value {
-    v.pointer(path).unwrap_or(&Value::Null)
-}
-
-fn wait_phase(k: &Kubectl, name: &str, phase: &str) -> Value {
-    wait_until(&format!("ship {name} {phase}"), DEADLINE, || {
-        let s = ship(k, name);
-        if field(&s, "/status/phase") == phase {
-            Ok(s)
-        } else {
-            Err(format!("{}", field(&s, "/status")))
-        }
-    })
-}
-
-/// The serial log through the apiserver and the agent (an error until the VM exists).
-fn logs(kubeconfig: &Path, name: &str) -> Result<String, String> {
-    let bin = tugboat_cli_bin().map_err(|e| e.to_string())?;
-    let out = Command::new(&bin)
-        .args(["logs", name, "--kubeconfig"])
-        .arg(kubeconfig)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
 
 /// The IPv4 address the guest's DHCP hook reports configuring (`TUGBOAT-QGA dhcp A/P on IF`).
 fn dhcp_address(log: &str) -> Option<String> {
@@ -141,16 +44,6 @@ fn ship_yaml(name: &str, image: &str) -> String {
     )
 }
 
-struct Cleanup(Vec<PathBuf>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for d in &self.0 {
-            vmassets::kill_vms_under(d);
-        }
-    }
-}
-
 #[test]
 fn guest_agent_fills_ship_status() {
     let started = Instant::now();
@@ -158,32 +51,15 @@ fn guest_agent_fills_ship_status() {
     let work = tempfile::tempdir().expect("tempdir");
     let registry = Registry::start().unwrap_or_else(|e| panic!("{e}"));
     let images = work.path().join("client-images");
-    let images_s = images.to_string_lossy().into_owned();
     let reference = format!("{}/tugboat-test/qga:v1", registry.host);
     let ctx = work.path().join("ctx-qga");
     let imagefile = vmassets::guest_agent_build_context(&ctx, "").unwrap_or_else(|e| panic!("{e}"));
-    tugboat(&[
-        "build",
-        "-f",
-        &imagefile.to_string_lossy(),
-        "-t",
-        &reference,
-        &ctx.to_string_lossy(),
-        "--image-dir",
-        &images_s,
-    ]);
-    tugboat(&[
-        "push",
-        &reference,
-        "--image-dir",
-        &images_s,
-        "--insecure-registry",
-        &registry.host,
-    ]);
+    build_image(&imagefile, &ctx, &reference, "--image-dir", &images);
+    push_image(&reference, &images, &registry.host);
 
     let node = TugboatNode::start(node_opts("qga1", &["--insecure-registry", &registry.host]))
         .expect("start tugboatd");
-    let _cleanup = Cleanup(vec![node.data_dir().to_path_buf()]);
+    let _cleanup = VmCleanup(vec![node.data_dir().to_path_buf()]);
     wait_api_ready(&node).unwrap_or_else(|e| panic!("{e}"));
     let k = Kubectl::admin(&node).expect("kubectl");
     let kubeconfig = node.kubeconfig_path();

@@ -14,86 +14,17 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
-use tugboat_testsuite::harness::tugboat_cli_bin;
+use tugboat_testsuite::harness::{tugboat_cli_bin, wait_until};
 use tugboat_testsuite::kube::{wait_api_ready, Kubectl};
 use tugboat_testsuite::vmassets::{self, Registry, MARKER};
-use tugboat_testsuite::{TugboatNode, TugboatOptions};
-
-const DEADLINE: Duration = Duration::from_secs(120);
-
-const SHIP_CLASS: &str = "apiVersion: v1\nkind: ShipClass\nmetadata:\n  name: tiny\nspec:\n  cpu:\n    cores: 1\n    maxCores: 2\n  memory:\n    size: 192Mi\n    maxSize: 512Mi\n";
-
-#[track_caller]
-fn wait_until<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let start = Instant::now();
-    loop {
-        let last = match f() {
-            Ok(v) => return v,
-            Err(e) => e,
-        };
-        if start.elapsed() > deadline {
-            panic!("{what}: not reached within {deadline:?}; last: {last}");
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-/// Runs the `tugboat` CLI; panics with its output unless it succeeds.
-#[track_caller]
-fn tugboat(args: &[&str]) -> String {
-    let bin = tugboat_cli_bin().unwrap_or_else(|e| panic!("{e}"));
-    let out = Command::new(&bin)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running tugboat {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "tugboat {args:?} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn node_opts(name: &str, extra: &[&str]) -> TugboatOptions {
-    let mut args: Vec<String> = [
-        "--runtime",
-        "qemu",
-        "--node-heartbeat-interval",
-        "2",
-        "--node-monitor-grace-period",
-        "20",
-        // Room for every Ship of the test whatever the host has (TCG guests are small).
-        "--node-cpu",
-        "16",
-        "--node-memory",
-        "64Gi",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    TugboatOptions {
-        name: name.into(),
-        api: true,
-        controllers: true,
-        extra_args: args,
-        ..TugboatOptions::default()
-    }
-}
-
-fn ship(k: &Kubectl, name: &str) -> Value {
-    k.json(&["get", "ship", name, "-o", "json"])
-        .unwrap_or_else(|e| panic!("get ship {name}: {e}"))
-}
-
-fn field<'a>(v: &'a Value, path: &str) -> &'a Value {
-    v.pointer(path).unwrap_or(&Value::Null)
-}
+use tugboat_testsuite::vmtest::{
+    build_image, field, logs, node_opts, push_image, ship, tugboat, tugboat_fails, wait_phase,
+    VmCleanup, DEADLINE, SHIP_CLASS,
+};
+use tugboat_testsuite::TugboatNode;
 
 fn ship_dir(node: &TugboatNode, uid: &str) -> PathBuf {
     node.data_dir().join("ships").join(uid)
@@ -106,32 +37,6 @@ fn qemu_pid(node: &TugboatNode, uid: &str) -> Option<u32> {
         .parse()
         .ok()?;
     Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
-}
-
-fn wait_phase(k: &Kubectl, name: &str, phase: &str) -> Value {
-    wait_until(&format!("ship {name} {phase}"), DEADLINE, || {
-        let s = ship(k, name);
-        if field(&s, "/status/phase") == phase {
-            Ok(s)
-        } else {
-            Err(format!("{}", field(&s, "/status")))
-        }
-    })
-}
-
-/// The serial log through the apiserver and the agent (an error until the VM exists).
-fn logs(kubeconfig: &Path, name: &str) -> Result<String, String> {
-    let bin = tugboat_cli_bin().map_err(|e| e.to_string())?;
-    let out = Command::new(&bin)
-        .args(["logs", name, "--kubeconfig"])
-        .arg(kubeconfig)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
 }
 
 fn marker_count(log: &str) -> usize {
@@ -187,22 +92,11 @@ fn console_session(bin: &Path, kubeconfig: &str, ship: &str, line: &str, timeout
     )
 }
 
-struct Cleanup(Vec<PathBuf>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for d in &self.0 {
-            vmassets::kill_vms_under(d);
-        }
-    }
-}
-
 #[test]
 fn real_vm_from_registry_lifecycle_and_readoption() {
     let work = tempfile::tempdir().expect("tempdir");
     let registry = Registry::start().unwrap_or_else(|e| panic!("{e}"));
     let images = work.path().join("client-images");
-    let images_s = images.to_string_lossy().into_owned();
     let reference = format!("{}/tugboat-test/marker:v1", registry.host);
     let poweroff_ref = format!("{}/tugboat-test/poweroff:v1", registry.host);
     let panic_ref = format!("{}/tugboat-test/panic:v1", registry.host);
@@ -213,29 +107,13 @@ fn real_vm_from_registry_lifecycle_and_readoption() {
     ] {
         let ctx = work.path().join(dir);
         let imagefile = vmassets::build_context(&ctx, extra).unwrap_or_else(|e| panic!("{e}"));
-        tugboat(&[
-            "build",
-            "-f",
-            &imagefile.to_string_lossy(),
-            "-t",
-            r,
-            &ctx.to_string_lossy(),
-            "--image-dir",
-            &images_s,
-        ]);
-        tugboat(&[
-            "push",
-            r,
-            "--image-dir",
-            &images_s,
-            "--insecure-registry",
-            &registry.host,
-        ]);
+        build_image(&imagefile, &ctx, r, "--image-dir", &images);
+        push_image(r, &images, &registry.host);
     }
 
     let mut node = TugboatNode::start(node_opts("vm1", &["--insecure-registry", &registry.host]))
         .expect("start tugboatd");
-    let _cleanup = Cleanup(vec![node.data_dir().to_path_buf()]);
+    let _cleanup = VmCleanup(vec![node.data_dir().to_path_buf()]);
     wait_api_ready(&node).unwrap_or_else(|e| panic!("{e}"));
     let k = Kubectl::admin(&node).expect("kubectl");
     let kubeconfig = node.kubeconfig_path();
@@ -553,22 +431,6 @@ fn real_vm_from_registry_lifecycle_and_readoption() {
     assert!(!ship_dir(&node, &b_uid).exists());
 }
 
-/// Runs the `tugboat` CLI, which must fail; returns its stderr.
-#[track_caller]
-fn tugboat_fails(args: &[&str]) -> String {
-    let bin = tugboat_cli_bin().unwrap_or_else(|e| panic!("{e}"));
-    let out = Command::new(&bin)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running tugboat {args:?}: {e}"));
-    assert!(
-        !out.status.success(),
-        "tugboat {args:?} succeeded but should have failed:\nstdout: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 fn registries_config_map(yaml_body: &str) -> String {
     let indented: String = yaml_body.lines().map(|l| format!("    {l}\n")).collect();
     format!(
@@ -598,29 +460,12 @@ fn air_gapped_save_and_load() {
     let work = tempfile::tempdir().expect("tempdir");
     let mut registry = Registry::start().unwrap_or_else(|e| panic!("{e}"));
     let images = work.path().join("builder-images");
-    let images_s = images.to_string_lossy().into_owned();
     let reference = format!("{}/tugboat-test/airgap:v1", registry.host);
     let ctx = work.path().join("ctx");
     let imagefile = vmassets::build_context(&ctx, "").unwrap_or_else(|e| panic!("{e}"));
-    tugboat(&[
-        "build",
-        "-f",
-        &imagefile.to_string_lossy(),
-        "-t",
-        &reference,
-        &ctx.to_string_lossy(),
-        "--image-dir",
-        &images_s,
-    ]);
+    build_image(&imagefile, &ctx, &reference, "--image-dir", &images);
     // Pushed and pulled once on a connected machine, then saved to a file.
-    tugboat(&[
-        "push",
-        &reference,
-        "--image-dir",
-        &images_s,
-        "--insecure-registry",
-        &registry.host,
-    ]);
+    push_image(&reference, &images, &registry.host);
     let connected = work.path().join("connected-images");
     let connected_s = connected.to_string_lossy().into_owned();
     tugboat(&[
@@ -664,7 +509,7 @@ fn air_gapped_save_and_load() {
 
     // The node has no registry flags: the cluster's settings are all it knows of mirrors.
     let node = TugboatNode::start(node_opts("edge", &[])).expect("start tugboatd");
-    let _cleanup = Cleanup(vec![node.data_dir().to_path_buf()]);
+    let _cleanup = VmCleanup(vec![node.data_dir().to_path_buf()]);
     wait_api_ready(&node).unwrap_or_else(|e| panic!("{e}"));
     let k = Kubectl::admin(&node).expect("kubectl");
     k.ok_stdin(&["apply", "-f", "-"], SHIP_CLASS)
@@ -821,20 +666,11 @@ fn air_gapped_save_and_load() {
 fn microvm_ship_boots_or_is_refused_without_kvm() {
     let work = tempfile::tempdir().expect("tempdir");
     let node = TugboatNode::start(node_opts("micro", &[])).expect("start tugboatd");
-    let _cleanup = Cleanup(vec![node.data_dir().to_path_buf()]);
+    let _cleanup = VmCleanup(vec![node.data_dir().to_path_buf()]);
     let reference = "local.tugboat.invalid/tugboat-test/micro:v1";
     let ctx = work.path().join("ctx");
     let imagefile = vmassets::build_context(&ctx, "").unwrap_or_else(|e| panic!("{e}"));
-    tugboat(&[
-        "build",
-        "-f",
-        &imagefile.to_string_lossy(),
-        "-t",
-        reference,
-        &ctx.to_string_lossy(),
-        "--data-dir",
-        &node.data_dir().to_string_lossy(),
-    ]);
+    build_image(&imagefile, &ctx, reference, "--data-dir", node.data_dir());
     wait_api_ready(&node).unwrap_or_else(|e| panic!("{e}"));
     let k = Kubectl::admin(&node).expect("kubectl");
     k.ok_stdin(

@@ -484,12 +484,7 @@ async fn load_images(
             ))
         })?;
     let out = serde_json::json!({"node": t.node, "images": images});
-    let mut resp = Response::new(Body::from(out.to_string()));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    Ok(resp)
+    Ok(super::body::json_response(StatusCode::OK, &out, &[]))
 }
 
 /// An agent's non-success answer as an API error with the agent's code and message.

@@ -211,7 +211,7 @@ impl DockerConfig {
 /// is what `docker login` stored). Output is drained while the helper runs, and the whole
 /// exchange is bounded by [`HELPER_TIMEOUT`]; a helper still running then is killed.
 async fn run_helper(name: &str, host: &str) -> Result<Credentials, AuthError> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::AsyncWriteExt as _;
     let program = format!("docker-credential-{name}");
     let fail = |message: String| AuthError {
         path: PathBuf::from(&program),
@@ -230,11 +230,9 @@ async fn run_helper(name: &str, host: &str) -> Result<Credentials, AuthError> {
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| fail(format!("running it for {host}: {e}")))?;
-    let mut stdin = child.stdin.take();
-    let mut stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
+    let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
     let exchange = async {
-        if let Some(mut w) = stdin.take() {
+        if let Some(mut w) = stdin {
             // A helper that exits without reading its input says why on stderr; keep that.
             match w.write_all(server.as_bytes()).await {
                 Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
@@ -243,28 +241,8 @@ async fn run_helper(name: &str, host: &str) -> Result<Credentials, AuthError> {
                 _ => {}
             }
         }
-        let read = |r: Option<tokio::process::ChildStdout>| async move {
-            let mut buf = Vec::new();
-            if let Some(r) = r {
-                let _ = r
-                    .take(HELPER_OUTPUT_LIMIT as u64)
-                    .read_to_end(&mut buf)
-                    .await;
-            }
-            buf
-        };
-        let read_err = |r: Option<tokio::process::ChildStderr>| async move {
-            let mut buf = Vec::new();
-            if let Some(r) = r {
-                let _ = r
-                    .take(HELPER_OUTPUT_LIMIT as u64)
-                    .read_to_end(&mut buf)
-                    .await;
-            }
-            buf
-        };
         let (out, err, status) =
-            tokio::join!(read(stdout.take()), read_err(stderr.take()), child.wait());
+            tokio::join!(read_bounded(stdout), read_bounded(stderr), child.wait());
         let status = status.map_err(|e| fail(format!("waiting for it: {e}")))?;
         Ok((status, out, err))
     };
@@ -305,6 +283,19 @@ async fn run_helper(name: &str, host: &str) -> Result<Credentials, AuthError> {
         username: answer.username,
         password: answer.secret,
     })
+}
+
+/// Up to [`HELPER_OUTPUT_LIMIT`] bytes of a helper's output stream (read errors end it).
+async fn read_bounded(r: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8> {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = Vec::new();
+    if let Some(r) = r {
+        let _ = r
+            .take(HELPER_OUTPUT_LIMIT as u64)
+            .read_to_end(&mut buf)
+            .await;
+    }
+    buf
 }
 
 /// `https://index.docker.io/v1/` → `docker.io`; `http://reg:5000/x` → `reg:5000`.

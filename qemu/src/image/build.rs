@@ -127,7 +127,7 @@ impl ImageStore {
         );
         let manifest_digest = self.write_blob(&manifest.to_bytes()?)?;
         let _pin = self.pin([manifest_digest.as_str()]);
-        let image = self.commit_image(&manifest_digest, Some(&tag_ref))?;
+        let image = self.commit_image(&manifest_digest, Some(&tag_ref), false)?;
         progress.message(&format!("built {tag_ref} {manifest_digest}"));
         Ok(image)
     }

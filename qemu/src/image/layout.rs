@@ -287,7 +287,7 @@ impl ImageStore {
                 self.extract_layer(&layer.digest, kind, layer.title(), progress)
                     .await?;
             }
-            self.commit_image_from(&entry.digest, name.as_ref(), true)?;
+            self.commit_image(&entry.digest, name.as_ref(), true)?;
             progress.message(&format!("loaded {shown} {}", entry.digest));
             loaded.push(shown);
         }

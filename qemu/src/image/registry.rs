@@ -127,8 +127,7 @@ fn registry_err(registry: &str, reference: &str, e: OciDistributionError) -> Ima
 struct Source {
     host: String,
     oref: oci_client::Reference,
-    auth: RegistryAuth,
-    /// Whose credentials `auth` holds (looked up when the source is tried).
+    /// The registry whose credentials this source takes (looked up when it is tried).
     creds_for: String,
 }
 
@@ -167,7 +166,6 @@ impl ImageStore {
             sources.push(Source {
                 host: mirror.clone(),
                 oref,
-                auth: RegistryAuth::Anonymous,
                 creds_for: mirror.clone(),
             });
         }
@@ -179,18 +177,17 @@ impl ImageStore {
         sources.push(Source {
             host: origin.resolve_registry().to_string(),
             oref: origin,
-            auth: RegistryAuth::Anonymous,
             creds_for: r.registry.clone(),
         });
         let client = client(&insecure)?;
         let mut last_err = None;
         let count = sources.len();
-        for (i, mut source) in sources.into_iter().enumerate() {
+        for (i, source) in sources.into_iter().enumerate() {
             // A source whose credential helper fails is a failed source, not a failed pull.
             let tried = match config.credentials_for(&source.creds_for).await {
                 Ok(creds) => {
-                    source.auth = creds.to_oci();
-                    self.pull_from(&client, &source, &r, progress).await
+                    self.pull_from(&client, &source, &creds.to_oci(), &r, progress)
+                        .await
                 }
                 Err(e) => Err(e.into()),
             };
@@ -212,13 +209,14 @@ impl ImageStore {
         &self,
         client: &Client,
         source: &Source,
+        auth: &RegistryAuth,
         r: &ImageRef,
         progress: &Progress,
     ) -> Result<LocalImage> {
         let shown = r.to_string();
         let rerr = |e| registry_err(&source.host, &shown, e);
         let (bytes, _) = client
-            .pull_manifest_raw(&source.oref, &source.auth, &[MANIFEST_MEDIA_TYPE])
+            .pull_manifest_raw(&source.oref, auth, &[MANIFEST_MEDIA_TYPE])
             .await
             .map_err(rerr)?;
         if bytes.len() as u64 > MAX_MANIFEST_BYTES {
@@ -282,7 +280,7 @@ impl ImageStore {
             futures::future::try_join_all(fetches).await?;
             self.write_blob(&bytes)?;
         }
-        let image = self.commit_image(&digest, Some(r))?;
+        let image = self.commit_image(&digest, Some(r), false)?;
         progress.message(&format!("pulled {shown} {digest}"));
         Ok(image)
     }

@@ -387,17 +387,9 @@ impl ImageStore {
 
     /// Records a manifest already stored as a blob (with all its blobs and files) under
     /// `reference`, and returns it as a [`LocalImage`].
+    /// `local` marks an image loaded from an archive, which garbage collection keeps (see
+    /// `ImageEntry::local`).
     pub(super) fn commit_image(
-        &self,
-        manifest_digest: &str,
-        reference: Option<&ImageRef>,
-    ) -> Result<LocalImage> {
-        self.commit_image_from(manifest_digest, reference, false)
-    }
-
-    /// Like `commit_image`; `local` marks an image loaded from an archive, which garbage
-    /// collection keeps (see `ImageEntry::local`).
-    pub(super) fn commit_image_from(
         &self,
         manifest_digest: &str,
         reference: Option<&ImageRef>,
