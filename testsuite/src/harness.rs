@@ -176,18 +176,38 @@ pub fn test_runtime() -> tokio::runtime::Runtime {
         .unwrap_or_else(|e| panic!("tokio runtime: {e}"))
 }
 
-/// Picks `n` distinct free loopback ports by binding `127.0.0.1:0` (all held until every port is chosen).
+/// Picks `n` distinct free loopback ports, all held until every port is chosen.
 pub fn free_ports(n: usize) -> Result<Vec<u16>> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // Ports below Linux's ephemeral range (32768–60999): between this probe and the server's
+    // bind, an outgoing connection could otherwise be given the same port by the kernel. A
+    // cursor per process (starting where the pid says) keeps parallel tests apart.
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static CURSOR: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = CURSOR.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7_919) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
     let mut held = Vec::with_capacity(n);
     let mut ports = Vec::with_capacity(n);
-    for _ in 0..n {
-        let l = TcpListener::bind("127.0.0.1:0").map_err(io_err("binding a probe port"))?;
-        ports.push(
-            l.local_addr()
-                .map_err(io_err("reading a probe port"))?
-                .port(),
-        );
-        held.push(l);
+    for _ in 0..SPAN {
+        if ports.len() == n {
+            break;
+        }
+        let port = LOW + CURSOR.fetch_add(1, Ordering::SeqCst) % SPAN;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port as u16)) {
+            ports.push(port as u16);
+            held.push(l);
+        }
+    }
+    if ports.len() < n {
+        return Err(HarnessError::Io {
+            context: format!("finding {n} free ports in {LOW}-{}", LOW + SPAN - 1),
+            source: std::io::Error::other("every port is in use"),
+        });
     }
     Ok(ports)
 }
